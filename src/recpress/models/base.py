@@ -1,0 +1,107 @@
+"""The one contract every recommender implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TripletBatch:
+    """A mini-batch of B training triples (user, positive item, sampled negative item).
+
+    Attributes:
+        users, pos, neg: int64 tensors of shape (B,).
+    """
+
+    users: torch.Tensor
+    pos: torch.Tensor
+    neg: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.users.shape[0])
+
+    def to(self, device: torch.device | str) -> TripletBatch:
+        return TripletBatch(self.users.to(device), self.pos.to(device), self.neg.to(device))
+
+
+class Recommender(nn.Module):
+    """Base class of all models (scikit-learn style: the constructor stores hyperparameters only).
+
+    Lifecycle: ``model = BPRMF(embedding_dim=20)`` stores hyperparameters; ``model.build(n_users,
+    n_items, generator=g)`` creates the parameters; learned state lives in ``state_dict()``.
+
+    Subclasses implement:
+        * ``_build(n_users, n_items, generator)`` to create parameters,
+        * ``loss(batch) -> (B,)`` unreduced base loss per triple (the trainer reduces it),
+        * ``score_items(users (B,), items (B, K)) -> (B, K)`` scores of listed items,
+        * ``score(users (B,)) -> (B, n_items)`` raw scores for all items.
+    Models with embeddings also implement ``user_embeddings`` / ``item_embeddings``.
+    """
+
+    #: registry name, e.g. "bpr"
+    name: ClassVar[str] = ""
+    #: how the reference sums the base loss over the batch ("sum" or "mean")
+    reference_reduction: ClassVar[str] = "sum"
+
+    n_users: int
+    n_items: int
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.n_users = 0
+        self.n_items = 0
+
+    # -- construction -------------------------------------------------------------------------
+    def get_params(self) -> dict[str, object]:
+        """Hyperparameters, as given to the constructor (subclasses list theirs)."""
+        return {}
+
+    def build(self, n_users: int, n_items: int, generator: torch.Generator | None = None):
+        """Create the parameters for `n_users` x `n_items`; returns self."""
+        if n_users <= 0 or n_items <= 0:
+            raise ValueError(f"need n_users > 0 and n_items > 0, got {n_users}, {n_items}")
+        self.n_users, self.n_items = int(n_users), int(n_items)
+        self._build(self.n_users, self.n_items, generator)
+        return self
+
+    @property
+    def is_built(self) -> bool:
+        return self.n_users > 0
+
+    def _build(self, n_users: int, n_items: int, generator: torch.Generator | None) -> None:
+        raise NotImplementedError
+
+    # -- training -----------------------------------------------------------------------------
+    def loss(self, batch: TripletBatch) -> torch.Tensor:
+        """Unreduced base loss, shape (B,)."""
+        raise NotImplementedError
+
+    # -- scoring ------------------------------------------------------------------------------
+    def score(self, users: torch.Tensor) -> torch.Tensor:
+        """Raw scores of every item for each user: users (B,) -> (B, n_items)."""
+        raise NotImplementedError
+
+    def score_items(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """Scores of given items: users (B,), items (B, K) -> (B, K)."""
+        raise NotImplementedError
+
+    # -- representations (representation-level KD); None for score-only models ---------------
+    def user_embeddings(self, users: torch.Tensor | None = None) -> torch.Tensor | None:
+        """User representations (B, d) for `users`, or all (n_users, d) when None."""
+        return None
+
+    def item_embeddings(self, items: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Item representations (B, d) for `items`, or all (n_items, d) when None."""
+        return None
+
+    @property
+    def embedding_dim(self) -> int | None:
+        return None
+
+    def num_parameters(self) -> int:
+        """Number of inference-time parameters."""
+        return int(sum(p.numel() for p in self.parameters()))

@@ -35,8 +35,8 @@ class ConfigError(RecPressError):
         self.field = field
 
 
-def unknown_name(kind: str, name: str, known: list[str] | tuple[str, ...], field: str | None = None):
+def unknown_name(
+    kind: str, name: str, known: list[str] | tuple[str, ...], field: str | None = None
+):
     """Build the error for an unknown registry name, listing the known ones."""
-    return ConfigError(
-        f"unknown {kind} {name!r}; known: {', '.join(sorted(known))}", field=field
-    )
+    return ConfigError(f"unknown {kind} {name!r}; known: {', '.join(sorted(known))}", field=field)

@@ -54,7 +54,7 @@ class Interactions:
         return to_csr(self.users, self.items, self.n_users, self.n_items)
 
 
-def _csr_digest(h: "hashlib._Hash", mat: sp.csr_matrix) -> None:
+def _csr_digest(h: hashlib._Hash, mat: sp.csr_matrix) -> None:
     h.update(np.asarray(mat.shape, dtype=np.int64).tobytes())
     h.update(np.ascontiguousarray(mat.indptr, dtype=np.int64).tobytes())
     h.update(np.ascontiguousarray(mat.indices, dtype=np.int64).tobytes())
@@ -109,7 +109,9 @@ class Split:
             self._cache["fingerprint"] = h.hexdigest()[:16]
         return self._cache["fingerprint"]
 
-    def train_tensors(self, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    def train_tensors(
+        self, device: torch.device | str = "cpu"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(indptr, indices) of the training CSR as int64 tensors on `device`."""
         key = ("train_tensors", str(device))
         if key not in self._cache:

@@ -1,0 +1,65 @@
+"""Typed training configuration (the `train:` section of a run config)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class TrainConfig(BaseModel):
+    """Hyperparameters of the one training loop.
+
+    ``reduction_base`` says how the base loss is reduced over the B triples of a batch ("sum",
+    as the references; "mean" divides by B). ``optimizer`` is "lazy" (row-sparse Adam, default)
+    or "reference" (dense Adam, exactly the reference implementations); both use coupled weight
+    decay. ``selection``: "best_valid" keeps the epoch with the best validation
+    ``selection_metric`` (one epoch for all K) and stops after ``patience`` evaluations without
+    improvement; "fixed_epochs" trains all epochs and keeps the final weights (reproduces the
+    Topology Distillation log).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    epochs: int = Field(100, ge=1, description="number of passes over the training data")
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-3, ge=0)
+    batch_size: int = Field(1024, ge=1)
+    optimizer: Literal["lazy", "reference"] = "lazy"
+    reduction_base: Literal["sum", "mean"] = "sum"
+    eval_every: int = Field(10, ge=1)
+    patience: int | None = Field(5, ge=1)
+    selection: Literal["best_valid", "fixed_epochs"] = "best_valid"
+    selection_metric: str = "recall@50"
+    ks: list[int] = Field(default_factory=lambda: [10, 20, 50])
+    eval_test_every_eval: bool = Field(
+        True, description="also evaluate the test set at every evaluation (for curves)"
+    )
+    seed: int = 0
+    device: str = "auto"
+    checkpoint_every: int = Field(1, ge=1, description="epochs between resume checkpoints")
+
+    @field_validator("ks")
+    @classmethod
+    def _ks_positive(cls, ks: list[int]) -> list[int]:
+        if not ks or any(k <= 0 for k in ks):
+            raise ValueError("ks must be a non-empty list of positive integers")
+        return sorted(set(ks))
+
+    @field_validator("selection_metric")
+    @classmethod
+    def _metric_name(cls, name: str) -> str:
+        base, _, k = name.partition("@")
+        if base not in {"recall", "ndcg", "hr", "precision", "mrr"} or not k.isdigit():
+            raise ValueError(
+                "selection_metric must look like recall@50 (metrics: recall, ndcg, hr, "
+                "precision, mrr)"
+            )
+        return name
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, device: str) -> str:
+        if device not in ("auto", "cpu") and not device.startswith("cuda"):
+            raise ValueError("device must be auto, cpu, cuda or cuda:N")
+        return device

@@ -1,0 +1,332 @@
+"""The one training loop: epochs, evaluation cadence, early stopping, best checkpoint, resume."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from recpress.data.sampling import epoch_triples
+from recpress.data.types import Split
+from recpress.models.base import Recommender, TripletBatch
+from recpress.training.config import TrainConfig
+from recpress.training.optim import make_optimizer
+
+CHECKPOINT = "checkpoint.pt"
+HISTORY = "history.csv"
+WEIGHTS = "model.safetensors"
+AUX_WEIGHTS = "aux.safetensors"
+
+
+def resolve_device(device: str) -> torch.device:
+    """ "auto" → CUDA when present, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def atomic_write_bytes(path: Path, writer: Callable[[Path], None]) -> None:
+    """Write through a temporary file in the same folder, then rename over `path`."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def save_weights(module: torch.nn.Module, path: Path) -> None:
+    """Save a module's state dict as safetensors, atomically (contiguous CPU copies)."""
+    state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+    atomic_write_bytes(path, lambda p: save_file(state, str(p)))
+
+
+@dataclass
+class FitResult:
+    """What a finished fit returns.
+
+    Attributes:
+        best_epoch: the selected epoch (0-based pass index).
+        valid: validation metrics at the selected epoch; test: test metrics at that epoch.
+        history: one dict per epoch (loss, time, and metrics at evaluation epochs).
+        epochs_run: passes actually trained (early stopping may end sooner).
+        seconds_per_epoch: mean training time of one pass (sampling + updates, no evaluation).
+    """
+
+    best_epoch: int
+    valid: dict[str, float]
+    test: dict[str, float]
+    history: list[dict] = field(default_factory=list)
+    epochs_run: int = 0
+    seconds_per_epoch: float = 0.0
+    n_eval_users: dict[str, int] = field(default_factory=dict)
+
+
+class Trainer:
+    """Trains a `Recommender` on a `Split`, optionally with weighted distillers.
+
+    Loss per batch: reduce(model.loss(batch)) + Σ_m λ_m · distiller_m.loss(student, batch, epoch),
+    reduce = sum or mean over the B triples (``config.reduction_base``).
+
+    With ``run_dir`` set, it writes ``history.csv``, the best weights ``model.safetensors`` and a
+    resume checkpoint every ``checkpoint_every`` epochs; calling ``fit`` again on the same
+    ``run_dir`` continues from the last checkpoint with the same RNG state, so an interrupted run
+    ends exactly as an uninterrupted one would.
+    """
+
+    def __init__(self, config: TrainConfig | None = None, **overrides) -> None:
+        base = config or TrainConfig()
+        self.config = base.model_copy(update=overrides) if overrides else base
+        if overrides:
+            self.config = TrainConfig.model_validate(self.config.model_dump())
+
+    # ------------------------------------------------------------------------------------------
+    def fit(
+        self,
+        model: Recommender,
+        split: Split,
+        distillers: Sequence[tuple[torch.nn.Module, float]] = (),
+        run_dir: str | Path | None = None,
+        progress: bool = True,
+        on_evaluation: Callable[[int, dict], None] | None = None,
+    ) -> FitResult:
+        from recpress.evaluation import evaluate
+
+        cfg = self.config
+        device = resolve_device(cfg.device)
+        generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
+        if not model.is_built:
+            model.build(split.n_users, split.n_items, generator=generator)
+        model.to(device)
+        for d, _ in distillers:
+            d.to(device)
+        params = list(model.parameters())
+        for d, _ in distillers:
+            params += list(d.parameters())
+        optimizer = make_optimizer(cfg.optimizer, params, cfg.lr, cfg.weight_decay)
+
+        run_path = Path(run_dir) if run_dir is not None else None
+        history: list[dict] = []
+        start_epoch = 0
+        best = {"epoch": -1, "value": -float("inf"), "valid": {}, "test": {}, "bad_evals": 0}
+        best_state: dict | None = None
+        train_seconds = 0.0
+        if run_path is not None and (run_path / CHECKPOINT).exists():
+            ckpt = torch.load(run_path / CHECKPOINT, map_location="cpu", weights_only=True)
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            for i, (d, _) in enumerate(distillers):
+                d.load_state_dict(ckpt["distillers"][i])
+            generator.set_state(ckpt["generator"])
+            history = json.loads(ckpt["history"])
+            best = json.loads(ckpt["best"])
+            best_state = ckpt.get("best_state")
+            start_epoch = int(ckpt["epoch"]) + 1
+            train_seconds = float(ckpt.get("train_seconds", 0.0))
+            model.to(device)
+
+        n_train = int(split.train.nnz)
+        bar = _Progress(cfg.epochs, enabled=progress, start=start_epoch)
+        stop = best["bad_evals"] >= (cfg.patience or 10**9) and cfg.selection == "best_valid"
+        epoch = start_epoch - 1
+        try:
+            for epoch in range(start_epoch, cfg.epochs):
+                if stop:
+                    break
+                model.train()
+                t0 = time.perf_counter()
+                for d, _ in distillers:
+                    d.on_epoch_start(model, epoch, generator)
+                users, pos, neg = epoch_triples(split, generator, device)
+                total = torch.zeros((), device=device)
+                for s in range(0, n_train, cfg.batch_size):
+                    batch = TripletBatch(
+                        users[s : s + cfg.batch_size],
+                        pos[s : s + cfg.batch_size],
+                        neg[s : s + cfg.batch_size],
+                    )
+                    per_triple = model.loss(batch)
+                    loss = per_triple.sum() if cfg.reduction_base == "sum" else per_triple.mean()
+                    for d, weight in distillers:
+                        loss = loss + weight * d.loss(model, batch, epoch)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    total += loss.detach()
+                flush = getattr(optimizer, "flush", None)
+                if flush is not None:
+                    flush()
+                for d, _ in distillers:
+                    d.on_epoch_end(epoch)
+                seconds = time.perf_counter() - t0
+                train_seconds += seconds
+                row: dict = {"epoch": epoch, "loss": float(total), "seconds": round(seconds, 4)}
+
+                is_last = epoch == cfg.epochs - 1
+                if epoch % cfg.eval_every == 0 or is_last:
+                    valid = evaluate(model, split, ks=cfg.ks, phase="valid").metrics
+                    row.update({f"valid_{k}": v for k, v in valid.items()})
+                    test = {}
+                    if cfg.eval_test_every_eval or is_last:
+                        test = evaluate(model, split, ks=cfg.ks, phase="test").metrics
+                        row.update({f"test_{k}": v for k, v in test.items()})
+                    if cfg.selection == "fixed_epochs":
+                        improved = True
+                    else:
+                        improved = valid[cfg.selection_metric] > best["value"]
+                    if improved:
+                        if not test:
+                            test = evaluate(model, split, ks=cfg.ks, phase="test").metrics
+                        best.update(
+                            epoch=epoch,
+                            value=valid[cfg.selection_metric],
+                            valid=valid,
+                            test=test,
+                            bad_evals=0,
+                        )
+                        best_state = {
+                            k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()
+                        }
+                        if run_path is not None:
+                            save_weights(model, run_path / WEIGHTS)
+                    else:
+                        best["bad_evals"] += 1
+                        if cfg.patience is not None and best["bad_evals"] >= cfg.patience:
+                            stop = cfg.selection == "best_valid"
+                    if on_evaluation is not None:
+                        on_evaluation(epoch, row)
+                history.append(row)
+                bar.update(epoch, row, best)
+                if run_path is not None and (
+                    (epoch + 1) % cfg.checkpoint_every == 0 or is_last or stop
+                ):
+                    self._write_history(run_path, history)
+                    self._checkpoint(
+                        run_path,
+                        epoch,
+                        model,
+                        optimizer,
+                        distillers,
+                        generator,
+                        history,
+                        best,
+                        best_state,
+                        train_seconds,
+                    )
+        finally:
+            bar.close()
+
+        if best_state is not None:
+            model.load_state_dict(best_state)
+        epochs_run = len(history)
+        return FitResult(
+            best_epoch=int(best["epoch"]),
+            valid=best["valid"],
+            test=best["test"],
+            history=history,
+            epochs_run=epochs_run,
+            seconds_per_epoch=train_seconds / max(epochs_run, 1),
+        )
+
+    # ------------------------------------------------------------------------------------------
+    @staticmethod
+    def _write_history(run_path: Path, history: list[dict]) -> None:
+        columns: list[str] = []
+        for row in history:
+            columns += [c for c in row if c not in columns]
+
+        def write(p: Path) -> None:
+            with open(p, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(history)
+
+        atomic_write_bytes(run_path / HISTORY, write)
+
+    @staticmethod
+    def _checkpoint(
+        run_path,
+        epoch,
+        model,
+        optimizer,
+        distillers,
+        generator,
+        history,
+        best,
+        best_state,
+        train_seconds,
+    ) -> None:
+        state = {
+            "epoch": epoch,
+            "model": {k: v.detach().to("cpu") for k, v in model.state_dict().items()},
+            "optimizer": _to_cpu(optimizer.state_dict()),
+            "distillers": [
+                {k: v.detach().to("cpu") for k, v in d.state_dict().items()} for d, _ in distillers
+            ],
+            "generator": generator.get_state(),
+            "history": json.dumps(history),
+            "best": json.dumps(best),
+            "best_state": best_state,
+            "train_seconds": train_seconds,
+        }
+        atomic_write_bytes(run_path / CHECKPOINT, lambda p: torch.save(state, p))
+
+
+def _to_cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu")
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return copy.copy(obj)
+
+
+class _Progress:
+    """A rich progress bar over epochs showing the loss and the selection metric."""
+
+    def __init__(self, total: int, enabled: bool, start: int = 0) -> None:
+        self._progress = None
+        if not enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+            transient=False,
+        )
+        self._task = self._progress.add_task("train", total=total, completed=start, info="")
+        self._progress.start()
+
+    def update(self, epoch: int, row: dict, best: dict) -> None:
+        if self._progress is None:
+            return
+        info = f"loss {row['loss']:.4g}"
+        if best["epoch"] >= 0:
+            info += f" | best valid {best['value']:.4f} @ {best['epoch']}"
+        self._progress.update(self._task, completed=epoch + 1, info=info)
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()

@@ -23,6 +23,7 @@ import torch
 
 from recpress.data.types import Split, to_csr
 from recpress.evaluation import evaluate
+from recpress.evaluation.ranking import DEFAULT_CHUNK_ELEMENTS
 from recpress.models import BPRMF
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +90,8 @@ def main() -> None:
         "exclude": list(res.exclude),
         "ks": list(res.ks),
         "model": f"BPRMF(embedding_dim={args.dim}), random init",
-        "batch_size": args.batch_size,
+        "batch_size": args.batch_size or max(1, DEFAULT_CHUNK_ELEMENTS // split.n_items),
+        "batch_size_auto": args.batch_size is None,
         "device": args.device,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),

@@ -252,7 +252,7 @@ def evaluate(
     users_t = torch.as_tensor(users, device=dev)
     neg_inf = float("-inf")
 
-    chunks: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    hit_chunks: list[torch.Tensor] = []
     was_training = module.training if module is not None else False
     if module is not None:
         module.eval()
@@ -282,13 +282,13 @@ def evaluate(
                 seg = tgt_keys[tgt_ptr[start] : tgt_ptr[end]]
                 pos = torch.searchsorted(seg, keys).clamp_(max=seg.numel() - 1)
                 hits = (seg[pos] == keys) & (top_vals != neg_inf)
-                for name, val in compute_metrics(hits, n_tgt[start:end], ks, metrics).items():
-                    chunks[name].append(val)
+                hit_chunks.append(hits)
     finally:
         if module is not None and was_training:
             module.train()
 
-    per: dict[str, torch.Tensor] = {n: torch.cat(chunks[n]) for n in names}
+    # one vectorised metric pass over the (n_users, Kmax) hit matrix
+    per = compute_metrics(torch.cat(hit_chunks), n_tgt, ks, metrics)
     means = {n: float(v.mean().item()) for n, v in per.items()}
     return EvalResult(
         metrics=means,

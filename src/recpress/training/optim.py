@@ -60,27 +60,26 @@ class LazyAdam(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
 
     @staticmethod
-    def _init_state(state: dict, p: torch.Tensor) -> None:
+    def _init_state(state: dict, p: torch.Tensor, sparse: bool) -> None:
         state["step"] = torch.zeros((), dtype=torch.float64)
         state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
         state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        if p.dim() >= 1:
+        if sparse:
             state["last_step"] = torch.zeros(p.shape[0], dtype=torch.int64, device=p.device)
 
     @staticmethod
-    def _catch_up(p, m, v, rows, skipped, lr, b1, b2, eps, bc1, bc2_sqrt) -> tuple:
-        """Apply k skipped momentum-only steps to `rows`; returns (theta, m_rows, v_rows)."""
-        theta = p.index_select(0, rows)
-        m_rows = m.index_select(0, rows)
-        v_rows = v.index_select(0, rows)
-        k = skipped.to(p.dtype).unsqueeze(1)
+    def _catch_up(m, v, skipped, lr, b1, b2, eps, bc1, bc2_sqrt) -> torch.Tensor:
+        """Displacement of k skipped momentum-only steps; decays the gathered m, v in place.
+
+        m, v: (R, d) gathered moments; skipped: (R,) int → (R, d) displacement of θ.
+        """
+        k = skipped.to(m.dtype).view(-1, *([1] * (m.dim() - 1)))
         r = b1 / math.sqrt(b2)
-        series = r * (1.0 - _decay(r, k)) / (1.0 - r)
-        denom = v_rows.sqrt().div_(bc2_sqrt).add_(eps)
-        theta.addcdiv_(m_rows * series, denom, value=-lr / bc1)
-        m_rows.mul_(_decay(b1, k))
-        v_rows.mul_(_decay(b2, k))
-        return theta, m_rows, v_rows
+        series = (-lr / bc1 * r / (1.0 - r)) * (1.0 - _decay(r, k))
+        displacement = (m * series).div_(v.sqrt().div_(bc2_sqrt).add_(eps))
+        m.mul_(_decay(b1, k))
+        v.mul_(_decay(b2, k))
+        return displacement
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102
@@ -89,43 +88,42 @@ class LazyAdam(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
+                grad = p.grad
                 state = self.state[p]
                 if not state:
-                    self._init_state(state, p)
+                    self._init_state(state, p, grad.is_sparse)
                 state["step"] += 1
-                t = float(state["step"])
+                t = int(state["step"])
                 bc1 = 1.0 - b1**t
                 bc2_sqrt = math.sqrt(1.0 - b2**t)
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                grad = p.grad
                 if grad.is_sparse:
                     grad = grad.coalesce()
                     rows = grad.indices()[0]
                     g = grad.values()
                     last = state["last_step"]
-                    skipped = (int(t) - 1 - last.index_select(0, rows)).clamp_(min=0)
-                    theta, m_rows, v_rows = self._catch_up(
-                        p, m, v, rows, skipped, lr, b1, b2, eps, bc1, bc2_sqrt
-                    )
+                    m = state["exp_avg"].index_select(0, rows)
+                    v = state["exp_avg_sq"].index_select(0, rows)
+                    skipped = (t - 1) - last.index_select(0, rows)
+                    displacement = self._catch_up(m, v, skipped, lr, b1, b2, eps, bc1, bc2_sqrt)
                     if wd:
+                        theta = p.index_select(0, rows).add_(displacement)
                         g = g.add(theta, alpha=wd)
-                    m_rows.mul_(b1).add_(g, alpha=1 - b1)
-                    v_rows.mul_(b2).addcmul_(g, g, value=1 - b2)
-                    m.index_copy_(0, rows, m_rows)
-                    v.index_copy_(0, rows, v_rows)
-                    denom = v_rows.sqrt_().div_(bc2_sqrt).add_(eps)
-                    theta.addcdiv_(m_rows, denom, value=-lr / bc1)
-                    p.index_copy_(0, rows, theta)
-                    last.index_fill_(0, rows, int(t))
+                    m.mul_(b1).add_(g, alpha=1 - b1)
+                    v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                    denom = v.sqrt().div_(bc2_sqrt).add_(eps)
+                    displacement.addcdiv_(m, denom, value=-lr / bc1)
+                    state["exp_avg"].index_copy_(0, rows, m)
+                    state["exp_avg_sq"].index_copy_(0, rows, v)
+                    p.index_add_(0, rows, displacement)
+                    last.index_fill_(0, rows, t)
                 else:
+                    m, v = state["exp_avg"], state["exp_avg_sq"]
                     if wd:
                         grad = grad.add(p, alpha=wd)
                     m.mul_(b1).add_(grad, alpha=1 - b1)
                     v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
                     denom = v.sqrt().div_(bc2_sqrt).add_(eps)
                     p.addcdiv_(m, denom, value=-lr / bc1)
-                    if "last_step" in state:
-                        state["last_step"].fill_(int(t))
 
     @torch.no_grad()
     def flush(self) -> None:
@@ -138,19 +136,18 @@ class LazyAdam(torch.optim.Optimizer):
                     continue
                 t = int(state["step"])
                 last = state["last_step"]
-                skipped = t - last
-                rows = torch.nonzero(skipped > 0).squeeze(1)
+                rows = torch.nonzero(last < t).squeeze(1)
                 if rows.numel() == 0:
                     continue
                 bc1 = 1.0 - b1**t
                 bc2_sqrt = math.sqrt(1.0 - b2**t)
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                theta, m_rows, v_rows = self._catch_up(
-                    p, m, v, rows, skipped.index_select(0, rows), lr, b1, b2, eps, bc1, bc2_sqrt
-                )
-                p.index_copy_(0, rows, theta)
-                m.index_copy_(0, rows, m_rows)
-                v.index_copy_(0, rows, v_rows)
+                m = state["exp_avg"].index_select(0, rows)
+                v = state["exp_avg_sq"].index_select(0, rows)
+                skipped = t - last.index_select(0, rows)
+                displacement = self._catch_up(m, v, skipped, lr, b1, b2, eps, bc1, bc2_sqrt)
+                state["exp_avg"].index_copy_(0, rows, m)
+                state["exp_avg_sq"].index_copy_(0, rows, v)
+                p.index_add_(0, rows, displacement)
                 last.fill_(t)
 
 

@@ -115,6 +115,8 @@ class Trainer:
         optimizer = make_optimizer(cfg.optimizer, params, cfg.lr, cfg.weight_decay)
 
         run_path = Path(run_dir) if run_dir is not None else None
+        if run_path is not None:
+            run_path.mkdir(parents=True, exist_ok=True)
         history: list[dict] = []
         start_epoch = 0
         best = {"epoch": -1, "value": -float("inf"), "valid": {}, "test": {}, "bad_evals": 0}

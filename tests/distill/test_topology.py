@@ -1,0 +1,367 @@
+"""FTD / HTD against slow explicit references on tiny tensors (every flag combination)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from recpress.distill.experts import ExpertBank, annealed_tau
+from recpress.distill.topology import (
+    FTD,
+    HTD,
+    ftd_loss,
+    htd_entity_loss,
+    htd_group_loss,
+    mix_experts,
+)
+from recpress.models.base import TripletBatch
+from recpress.models.bpr import BPRMF
+
+D = torch.float64
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    na, nb = float(a.norm()), float(b.norm())
+    if na == 0 or nb == 0:
+        return 0.0
+    return float(a @ b) / (na * nb)
+
+
+def slow_ftd(es, et):
+    n = es.shape[0]
+    total = 0.0
+    for a in range(n):
+        for b in range(n):
+            total += (_cos(et[a], et[b]) - _cos(es[a], es[b])) ** 2
+    return total
+
+
+def slow_entity(es, et, groups, pair_filter):
+    n = es.shape[0]
+    total = 0.0
+    for a in range(n):
+        for b in range(n):
+            if groups[a] != groups[b]:
+                continue
+            ct = _cos(et[a], et[b])
+            if pair_filter == "teacher_positive" and not ct > 0:
+                continue
+            total += (_cos(es[a], es[b]) - ct) ** 2
+    return total
+
+
+def slow_prototypes(e, groups):
+    ids = sorted(set(groups.tolist()))
+    protos = []
+    for g in ids:
+        members = [e[a] for a in range(e.shape[0]) if groups[a] == g]
+        protos.append(sum(members) / len(members))
+    return ids, protos
+
+
+def slow_group(es, et, groups, choice, include_own):
+    ids, ps = slow_prototypes(es, groups)
+    _, pt = slow_prototypes(et, groups)
+    total = 0.0
+    if choice == "first":
+        for k in range(len(ids)):
+            for m in range(len(ids)):
+                total += (_cos(ps[k], ps[m]) - _cos(pt[k], pt[m])) ** 2
+        return total
+    for k, g in enumerate(ids):
+        for j in range(es.shape[0]):
+            if groups[j] == g and not include_own:
+                continue
+            total += (_cos(ps[k], es[j]) - _cos(pt[k], et[j])) ** 2
+    return total
+
+
+@pytest.fixture
+def tiny():
+    g = torch.Generator().manual_seed(3)
+    n_u, n_i, d_s, d_t = 5, 7, 3, 6
+    es = torch.randn(n_u + n_i, d_s, generator=g, dtype=D)
+    et = torch.randn(n_u + n_i, d_t, generator=g, dtype=D)
+    groups = torch.tensor([0, 1, 0, 1, 1, 2 + 0, 2 + 1, 2 + 1, 2 + 0, 2 + 1, 2 + 1, 2 + 1])
+    return es, et, groups
+
+
+def _normed(x):
+    return torch.nn.functional.normalize(x, dim=-1)
+
+
+def test_ftd_matches_explicit(tiny):
+    es, et, _ = tiny
+    assert float(ftd_loss(es, _normed(et))) == pytest.approx(slow_ftd(es, et), rel=1e-9)
+
+
+def test_ftd_zero_when_student_is_scaled_teacher(tiny):
+    _, et, _ = tiny
+    assert float(ftd_loss(3.0 * et, _normed(et))) == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("pair_filter", ["all", "teacher_positive"])
+def test_entity_term_matches_explicit(tiny, pair_filter):
+    es, et, groups = tiny
+    got = float(htd_entity_loss(es, _normed(et), groups, pair_filter))
+    assert got == pytest.approx(slow_entity(es, et, groups, pair_filter), rel=1e-9)
+
+
+@pytest.mark.parametrize("pair_filter", ["all", "teacher_positive"])
+def test_entity_term_dense_path_for_unbalanced_groups(tiny, pair_filter):
+    es, et, _ = tiny
+    groups = torch.tensor([0] * 10 + [1, 2])  # G·m² > n² → dense masked path
+    got = float(htd_entity_loss(es, _normed(et), groups, pair_filter))
+    assert got == pytest.approx(slow_entity(es, et, groups, pair_filter), rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "choice,include_own,detach",
+    list(itertools.product(["second", "first"], [False, True], [False, True])),
+)
+def test_group_term_matches_explicit(tiny, choice, include_own, detach):
+    es, et, groups = tiny
+    got = float(htd_group_loss(es, et, groups, choice, include_own, detach))
+    assert got == pytest.approx(slow_group(es, et, groups, choice, include_own), rel=1e-9)
+
+
+def test_group_term_detached_prototypes_gradients(tiny):
+    es, et, groups = tiny
+    for choice, detach, expect_grad in [
+        ("second", False, True),
+        ("second", True, True),  # still flows through e^s_j
+        ("first", False, True),
+        ("first", True, False),  # reference Group(P,P): gradient-free
+    ]:
+        x = es.clone().requires_grad_(True)
+        loss = htd_group_loss(x, et, groups, choice, False, detach)
+        if not expect_grad:
+            assert not loss.requires_grad
+            continue
+        loss.backward()
+        assert x.grad is not None and float(x.grad.abs().sum()) > 0
+
+
+def test_group_term_detach_changes_gradient_not_value(tiny):
+    es, et, groups = tiny
+    grads = []
+    for detach in (False, True):
+        x = es.clone().requires_grad_(True)
+        htd_group_loss(x, et, groups, "second", False, detach).backward()
+        grads.append(x.grad)
+    assert not torch.allclose(grads[0], grads[1])
+
+
+def _bank(d_s=3, d_t=6, k=2):
+    return ExpertBank(k, d_s, d_t, generator=torch.Generator().manual_seed(1)).double()
+
+
+def test_mix_experts_sparse_equals_dense():
+    bank = _bank(k=4)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(9, 3, generator=g, dtype=D)
+    w = torch.softmax(torch.randn(9, 4, generator=g, dtype=D) / 0.01, dim=-1)  # nearly one-hot
+    w[w < 1e-3] = 0.0
+    dense = mix_experts(bank, x, w, threshold=0.0)
+    sparse = mix_experts(bank, x, w, threshold=1e-6)
+    assert torch.allclose(dense, sparse, atol=1e-12)
+    slow = torch.stack(
+        [
+            sum(
+                w[a, k]
+                * (torch.relu(x[a] @ bank.w1[k] + bank.b1[k]) @ bank.w2[k] + bank.b2[k])
+                for k in range(4)
+            )
+            for a in range(9)
+        ]
+    )
+    assert torch.allclose(dense, slow, atol=1e-12)
+
+
+class _FixedKnowledge:
+    def __init__(self, tu, ti):
+        self._tu, self._ti = tu, ti
+
+    def user_embeddings(self):
+        return self._tu
+
+    def item_embeddings(self):
+        return self._ti
+
+
+def _student(n_u, n_i, d_s, seed=0):
+    return BPRMF(embedding_dim=d_s, init_std=0.5).build(
+        n_u, n_i, generator=torch.Generator().manual_seed(seed)
+    ).double()
+
+
+def _setup(n_u=5, n_i=7, d_s=3, d_t=6):
+    g = torch.Generator().manual_seed(5)
+    tu = torch.randn(n_u, d_t, generator=g, dtype=D)
+    ti = torch.randn(n_i, d_t, generator=g, dtype=D)
+    student = _student(n_u, n_i, d_s)
+    batch = TripletBatch(
+        users=torch.tensor([0, 1, 1, 3, 4, 0]),
+        pos=torch.tensor([0, 2, 3, 3, 5, 6]),
+        neg=torch.tensor([1, 1, 4, 6, 2, 0]),
+    )
+    return tu, ti, student, batch
+
+
+def test_ftd_distiller_matches_explicit_and_grads_reach_student_only():
+    tu, ti, student, batch = _setup()
+    ftd = FTD()
+    ftd.prepare(None, None, _FixedKnowledge(tu, ti))
+    loss = ftd.loss(student, batch, epoch=0)
+    users = torch.unique(batch.users)
+    items = torch.unique(torch.cat([batch.pos, batch.neg]))
+    es = torch.cat([student.user_emb.weight[users], student.item_emb.weight[items]]).detach()
+    et = torch.cat([tu[users], ti[items]])
+    assert float(loss.detach()) == pytest.approx(slow_ftd(es, et), rel=1e-6)
+    loss.backward()
+    gu = student.user_emb.weight.grad.to_dense()
+    assert float(gu[users].abs().sum()) > 0
+    assert float(gu[2].abs().sum()) == 0  # user 2 not in the batch
+    assert list(ftd.parameters()) == []
+
+
+def _slow_htd(htd, student, batch, epoch, tu, ti, gumbel_u):
+    """Explicit HTD with loops; the Gumbel noise is replayed from a generator copy."""
+    users = torch.unique(batch.users).tolist()
+    items = torch.unique(torch.cat([batch.pos, batch.neg])).tolist()
+    es = [student.user_emb.weight[u] for u in users] + [student.item_emb.weight[i] for i in items]
+    et = [tu[u] for u in users] + [ti[i] for i in items]
+    es_t, et_t = torch.stack(es).detach(), torch.stack(et)
+    k_groups = htd.n_groups
+    groups = []
+    alphas = []
+    for x, e_t in enumerate(et):
+        bank = htd.user_bank if x < len(users) else htd.item_bank
+        alpha = torch.softmax(bank.selector(e_t), dim=-1)
+        alphas.append(alpha)
+        groups.append(int(alpha.argmax()) + (0 if x < len(users) else k_groups))
+    groups = torch.tensor(groups)
+    ent = slow_entity(es_t, et_t, groups, htd.pair_filter)
+    grp = slow_group(es_t, et_t, groups, htd.choice, htd.group_include_own)
+    tau = annealed_tau(epoch, htd.tau_max_epochs)
+    ga = 0.0
+    n_u = len(users)
+    for side, rows in ((0, range(n_u)), (1, range(n_u, len(et)))):
+        bank = htd.user_bank if side == 0 else htd.item_bank
+        uni = gumbel_u[side]
+        for r, x in enumerate(rows):
+            gumb = -torch.log(-torch.log(uni[r]))
+            z = torch.softmax((torch.log(alphas[x] + 1e-10) + gumb) / tau, dim=-1)
+            mix = sum(
+                z[k]
+                * (torch.relu(es_t[x] @ bank.w1[k] + bank.b1[k]) @ bank.w2[k] + bank.b2[k])
+                for k in range(k_groups)
+            )
+            ga += float(((et[x] - mix) ** 2).sum())
+    return htd.gamma * (ent + grp) + (1 - htd.gamma) * ga
+
+
+FLAG_COMBOS = list(
+    itertools.product(["second", "first"], ["all", "teacher_positive"], [False, True], [False, True])
+)
+
+
+@pytest.mark.parametrize("choice,pair_filter,include_own,detach", FLAG_COMBOS)
+@pytest.mark.parametrize("epoch", [0, 7])
+def test_htd_matches_explicit_every_flag(choice, pair_filter, include_own, detach, epoch):
+    tu, ti, student, batch = _setup()
+    htd = HTD(
+        n_groups=2,
+        choice=choice,
+        pair_filter=pair_filter,
+        group_include_own=include_own,
+        detach_prototypes=detach,
+        expert_threshold=0.0,
+    ).double()
+    htd.prepare(None, None, _FixedKnowledge(tu, ti), student=student)
+    htd.double()
+    gen = torch.Generator().manual_seed(11)
+    htd.on_epoch_start(student, epoch, gen)
+    replay = torch.Generator().manual_seed(11)
+    n_u = len(torch.unique(batch.users))
+    n_i = len(torch.unique(torch.cat([batch.pos, batch.neg])))
+    gumbel_u = [
+        torch.rand((n_u, 2), generator=replay).double(),
+        torch.rand((n_i, 2), generator=replay).double(),
+    ]
+    loss = htd.loss(student, batch, epoch)
+    expected = _slow_htd(htd, student, batch, epoch, tu, ti, gumbel_u)
+    assert float(loss) == pytest.approx(expected, rel=1e-7)
+
+
+def test_htd_gradients_reach_student_and_aux_only():
+    tu, ti, student, batch = _setup()
+    htd = HTD(n_groups=2, expert_threshold=0.0)
+    htd.prepare(None, None, _FixedKnowledge(tu, ti), student=student)
+    htd.double()
+    htd.on_epoch_start(student, 0, torch.Generator().manual_seed(0))
+    tu0 = tu.clone()
+    htd.loss(student, batch, 0).backward()
+    assert student.user_emb.weight.grad is not None
+    for name, p in htd.named_parameters():
+        assert p.grad is not None and float(p.grad.abs().sum()) > 0, name
+    assert not tu.requires_grad and torch.equal(tu, tu0)
+    # aux = 2 sides × [K experts (d_s·h + h + h·d_t + d_t) + selector (d_t·K + K)], h = 4
+    h = (6 + 3) // 2
+    assert htd.num_aux_parameters() == 2 * (2 * (3 * h + h + h * 6 + 6) + 6 * 2 + 2)
+
+
+def test_htd_presets_and_validation():
+    ref = HTD(preset="reference")
+    assert (ref.pair_filter, ref.group_include_own, ref.detach_prototypes) == (
+        "teacher_positive",
+        True,
+        True,
+    )
+    paper = HTD()
+    assert (paper.pair_filter, paper.group_include_own, paper.detach_prototypes) == (
+        "all",
+        False,
+        False,
+    )
+    assert HTD(preset="reference", pair_filter="all").pair_filter == "all"
+    with pytest.raises(ValueError, match="preset"):
+        HTD(preset="nope")
+    with pytest.raises(ValueError, match="pair_filter"):
+        HTD(pair_filter="positive")
+    with pytest.raises(ValueError, match="choice"):
+        HTD(choice="third")
+
+
+def test_tau_schedule_reference_values():
+    htd = HTD()
+    assert htd.tau(0) == 1.0 and htd.tau(1) == 1.0
+    assert htd.tau(10) == pytest.approx(10 ** (-10 * 9 / 100))
+    assert htd.tau(100) == pytest.approx(1e-10 ** 0.99)
+    assert math.isfinite(htd.tau(500))
+
+
+def test_htd_trains_with_trainer_float32():
+    """Integration: a few steps of the Trainer with HTD + FTD on random data lower the KD loss."""
+    torch.set_default_dtype(torch.float32)
+    try:
+        tu, ti, student, batch = _setup()
+        student = BPRMF(embedding_dim=3).build(5, 7, generator=torch.Generator().manual_seed(0))
+        htd = HTD(n_groups=2)
+        htd.prepare(None, None, _FixedKnowledge(tu.float(), ti.float()), student=student)
+        params = list(student.parameters()) + list(htd.parameters())
+        opt = torch.optim.SGD(params, lr=0.05)
+        htd.on_epoch_start(student, 50, torch.Generator().manual_seed(0))
+        first = None
+        for _ in range(30):
+            loss = htd.loss(student, batch, 50)
+            first = float(loss) if first is None else first
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        assert float(loss) < first
+    finally:
+        D = torch.float64

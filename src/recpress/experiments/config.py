@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from recpress.errors import ConfigError
 from recpress.training.config import TrainConfig
@@ -40,6 +40,37 @@ class ModelConfig(BaseModel):
     init_std: float = Field(0.01, gt=0)
 
 
+class DistillConfig(BaseModel):
+    """Knowledge distillation of the student from a teacher.
+
+    ``teacher``: a teacher run directory (or an external teacher .npz, see
+    :mod:`recpress.distill.teachers`). ``method``: a registered method or a composition such as
+    ``de+rrd``; ``none`` trains a plain student the same way. ``weights``: λ per method
+    (missing → the method's default, methods.md); each method's loss is reduced with its own
+    ``reduction`` parameter (sum by default, as the references). ``params``: per-method
+    hyperparameters (missing → the paper defaults). ``topn``: length of the teacher top-N lists
+    precomputed and cached with the teacher (methods that need longer lists compute them).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    teacher: str
+    method: str = "none"
+    weights: dict[str, float] = Field(default_factory=dict)
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    topn: int = Field(500, ge=1)
+
+    @field_validator("weights")
+    @classmethod
+    def _finite(cls, weights: dict[str, float]) -> dict[str, float]:
+        import math
+
+        for name, w in weights.items():
+            if not math.isfinite(w):
+                raise ValueError(f"KD weight of {name!r} must be a finite number, got {w}")
+        return weights
+
+
 class RunConfig(BaseModel):
     """Everything needed to rerun a training run."""
 
@@ -48,9 +79,13 @@ class RunConfig(BaseModel):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    distill: DistillConfig | None = None
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        data = self.model_dump(mode="json")
+        if data.get("distill") is None:  # keep the config.yaml of plain runs as before
+            data.pop("distill", None)
+        return yaml.safe_dump(data, sort_keys=False)
 
 
 def validation_message(err: ValidationError, source: str = "config") -> str:
@@ -113,3 +148,65 @@ def apply_overrides(data: dict[str, Any], assignments: list[str]) -> dict[str, A
                 raise ConfigError(f"--set {key}: {part} is not a section")
         node[parts[-1]] = parse_value(value)
     return data
+
+
+def set_values(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """Set already-parsed values by dotted key (``train.lr``) in a nested dict."""
+    for key, value in values.items():
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: {part} is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def student_config(
+    teacher: str | Path,
+    method: str,
+    dim: int,
+    seed: int | None = None,
+    epochs: int | None = None,
+    assignments: list[str] | None = None,
+    values: dict[str, Any] | None = None,
+) -> RunConfig:
+    """The run config of a student distilled from `teacher`.
+
+    Data and train sections (and the model name) come from the teacher run's config.yaml; the
+    student's width is `dim`. ``assignments`` are ``--set`` strings, ``values`` parsed values by
+    dotted key; both are applied last. Raises ConfigError on any bad input.
+    """
+    try:
+        dim_ok = int(dim) > 0 and int(dim) == dim
+    except (TypeError, ValueError):
+        dim_ok = False
+    if not dim_ok:
+        raise ConfigError(f"student dimension must be a positive integer, got {dim!r}", "--dim")
+    tpath = Path(teacher)
+    if not tpath.exists():
+        raise ConfigError(
+            f"teacher {tpath} does not exist; pass a run directory written by `recpress train` "
+            "or an .npz teacher",
+            field="--teacher",
+        )
+    data: dict[str, Any] = {}
+    if tpath.is_dir():
+        if not (tpath / "config.yaml").is_file():
+            raise ConfigError(
+                f"teacher {tpath} is not a run directory (no config.yaml)", field="--teacher"
+            )
+        tdata = load_yaml(tpath / "config.yaml")
+        data = {k: tdata[k] for k in ("data", "train") if k in tdata}
+        data["model"] = dict(tdata.get("model", {}))
+    data.setdefault("model", {})["embedding_dim"] = int(dim)
+    train = data.setdefault("train", {})
+    if seed is not None:
+        train["seed"] = seed
+    if epochs is not None:
+        train["epochs"] = epochs
+    data["distill"] = {"teacher": str(tpath), "method": method}
+    apply_overrides(data, assignments or [])
+    set_values(data, values or {})
+    return parse_config(RunConfig, data, "student config")

@@ -66,10 +66,25 @@ def train_run(
     split = split if split is not None else load_split_for(config)
     model = build_model(config)
     out = Path(out)
+    distillers = list(distillers)
+    knowledge = None
+    if config.distill is not None:
+        # validated before the run directory exists: a bad input leaves nothing behind
+        from recpress.distill.registry import check_requires, make_distillers
+        from recpress.distill.teachers import load_teacher
+
+        cfg_d = config.distill
+        configured = make_distillers(cfg_d.method, cfg_d.weights, cfg_d.params)
+        knowledge = load_teacher(cfg_d.teacher, split)
+        check_requires(configured, knowledge)
+        distillers = configured + distillers
     state = prepare_run_dir(out, config.to_yaml(), overwrite=overwrite)
     if state == "finished":
         return read_json(out / METRICS)
     write_json(out / SPLIT, split_record(split))
+    extra_metrics = dict(extra_metrics or {})
+    if config.distill is not None:
+        extra_metrics.update(_prepare_distillation(config, model, split, knowledge, distillers))
     started = time.perf_counter()
     result = Trainer(config.train).fit(
         model, split, distillers=distillers, run_dir=out, progress=progress
@@ -88,11 +103,40 @@ def train_run(
         "device": str(next(model.parameters()).device),
         "torch": torch.__version__,
     }
+    if config.distill is not None:
+        aux = int(sum(d.num_aux_parameters() for d, _ in distillers))
+        metrics["aux_parameters"] = aux
+        metrics["training_parameters"] = model.num_parameters() + aux
     if extra_metrics:
         metrics.update(extra_metrics)
     write_json(out / METRICS, metrics)
     (out / CHECKPOINT).unlink(missing_ok=True)
     return metrics
+
+
+def _prepare_distillation(config: RunConfig, model, split, knowledge, distillers) -> dict:
+    """Precompute teacher knowledge and build auxiliary modules (timed; not epoch time)."""
+    from recpress.distill.registry import describe, prepare_distillers
+    from recpress.distill.teachers import teacher_info
+    from recpress.training.trainer import resolve_device
+
+    cfg_d = config.distill
+    device = resolve_device(config.train.device)
+    t0 = time.perf_counter()
+    knowledge.to(device)
+    if distillers and knowledge.teacher is not None:
+        knowledge.user_topk(min(cfg_d.topn, split.n_items))  # shared cache
+    prepare_distillers(distillers, knowledge, split, student=model, seed=config.train.seed)
+    prepare_seconds = time.perf_counter() - t0
+    info = describe(distillers)
+    info["method"] = cfg_d.method
+    info["topn"] = cfg_d.topn
+    return {
+        "distill": info,
+        "teacher": teacher_info(cfg_d.teacher),
+        "prepare_seconds": round(prepare_seconds, 3),
+        "knowledge_lists_computed": knowledge.computed,
+    }
 
 
 def load_run(

@@ -1,0 +1,282 @@
+"""Teacher knowledge, precomputed once and cached with the teacher run (methods.md §1.6).
+
+`Knowledge` wraps a frozen teacher (or only its per-user top-K lists, for a black-box
+teacher) and serves what the distillers need:
+
+* ``user_topk(n, mask_train)``: (n_users, n) int32, the teacher's top-n items per user in
+  teacher order; with ``mask_train`` the user's training items are excluded (scored −inf before
+  the top-n). A row with fewer than n allowed items is padded with −1 at the end.
+* ``item_topk(n, mask_train)``: (n_items, n) int32, the top-n users per item (IR-RRD, DCD).
+* ``user_embeddings()`` / ``item_embeddings()``: frozen (n, d_t) teacher embeddings.
+* ``score_items(users, items)``: teacher scores of listed items, no gradient.
+
+Lists are computed in chunks (full scoring + top-n, never a dense n_users × n_items matrix),
+kept in memory, and saved as safetensors under ``cache_dir`` (a teacher run's ``knowledge/``)
+keyed by n and the mask flag; a cached larger n serves a smaller n by slicing. Each file
+records the split fingerprint and is ignored if it belongs to another split.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from recpress.data.types import Split
+from recpress.errors import ConfigError
+from recpress.models.base import Recommender
+
+#: scores computed per chunk: about this many floats (64 MiB in fp32)
+CHUNK_FLOATS = 1 << 24
+
+
+def _freeze(model: Recommender) -> Recommender:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+class Knowledge:
+    """Everything a distiller may ask of the teacher; see the module docstring.
+
+    Build with :meth:`from_teacher` (a trained `Recommender`) or :meth:`from_lists` (a
+    black-box teacher given only as per-user top-K lists).
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        teacher: Recommender | None = None,
+        cache_dir: str | Path | None = None,
+        user_lists: torch.Tensor | None = None,
+        source: str = "",
+    ) -> None:
+        self.teacher = _freeze(teacher) if teacher is not None else None
+        self.split_fingerprint = split.fingerprint()
+        self.n_users, self.n_items = split.n_users, split.n_items
+        self._train = split.train
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.source = source
+        self._mem: dict[tuple[str, bool], torch.Tensor] = {}
+        self._emb: dict[str, torch.Tensor | None] = {}
+        #: how many lists were computed (not read from memory or disk) — for tests and logs
+        self.computed = 0
+        if user_lists is not None:
+            lists = torch.as_tensor(user_lists).to(torch.int32).cpu()
+            if lists.dim() != 2 or lists.shape[0] != self.n_users:
+                raise ConfigError(
+                    f"teacher top-K lists must have shape (n_users={self.n_users}, K), got "
+                    f"{tuple(lists.shape)}"
+                )
+            if lists.numel() and (int(lists.max()) >= self.n_items or int(lists.min()) < -1):
+                raise ConfigError(
+                    f"teacher top-K lists hold item ids outside 0..{self.n_items - 1}"
+                )
+            self._mem[("user", True)] = lists
+        if self.teacher is not None:
+            u = self.teacher.user_embeddings()
+            self.has_embeddings = u is not None
+        else:
+            self.has_embeddings = False
+        self.has_scores = self.teacher is not None
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_teacher(
+        cls, teacher: Recommender, split: Split, cache_dir: str | Path | None = None
+    ) -> Knowledge:
+        if not teacher.is_built:
+            raise ConfigError("the teacher model has no parameters yet (build/train it first)")
+        if (teacher.n_users, teacher.n_items) != (split.n_users, split.n_items):
+            raise ConfigError(
+                f"teacher has {teacher.n_users} users × {teacher.n_items} items but the split "
+                f"has {split.n_users} × {split.n_items}: it was trained on other data"
+            )
+        return cls(split, teacher=teacher, cache_dir=cache_dir, source="model")
+
+    @classmethod
+    def from_lists(cls, lists: torch.Tensor | np.ndarray, split: Split) -> Knowledge:
+        """A black-box teacher: per-user top-K lists only (ranking methods only)."""
+        return cls(
+            split, teacher=None, user_lists=torch.as_tensor(np.asarray(lists)), source="lists"
+        )
+
+    @property
+    def provides(self) -> frozenset[str]:
+        """What this teacher can give: subset of {"topk", "scores", "embeddings"}."""
+        out = {"topk"}
+        if self.has_scores:
+            out.add("scores")
+        if self.has_embeddings:
+            out.add("embeddings")
+        return frozenset(out)
+
+    def _need(self, what: str, needed_by: str | None) -> None:
+        if what not in self.provides:
+            who = f"method {needed_by!r}" if needed_by else "this method"
+            raise ConfigError(
+                f"{who} needs teacher {what}, but the teacher given ({self.source or 'lists'}) "
+                f"provides only {', '.join(sorted(self.provides))}; use a teacher run directory "
+                "or an .npz with user_embeddings and item_embeddings"
+            )
+
+    # -- top-N lists --------------------------------------------------------------------------
+    def user_topk(self, n: int, mask_train: bool = True, needed_by: str | None = None):
+        """(n_users, n) int32 teacher top-n items per user (see module docstring)."""
+        return self._topk("user", int(n), bool(mask_train), needed_by)
+
+    def item_topk(self, n: int, mask_train: bool = True, needed_by: str | None = None):
+        """(n_items, n) int32 teacher top-n users per item."""
+        return self._topk("item", int(n), bool(mask_train), needed_by)
+
+    def _topk(self, side: str, n: int, mask: bool, needed_by: str | None) -> torch.Tensor:
+        limit = self.n_items if side == "user" else self.n_users
+        if n <= 0:
+            raise ConfigError(f"top-N list length must be positive, got {n}")
+        key = (side, mask)
+        got = self._mem.get(key)
+        if got is not None and got.shape[1] >= n:
+            return got[:, :n]
+        if self.teacher is None:
+            if got is not None and side == "user" and mask:
+                raise ConfigError(
+                    f"method {needed_by or '?'} needs teacher top-{n} lists but the teacher "
+                    f"lists have only {got.shape[1]} entries per user; lower N/K"
+                )
+            self._need("scores", needed_by)
+        if n > limit:
+            raise ConfigError(
+                f"top-N list of {n} {'items' if side == 'user' else 'users'} asked, but there "
+                f"are only {limit}"
+            )
+        lists = self._load(side, n, mask)
+        if lists is None:
+            lists = self._compute_user(n, mask) if side == "user" else self._compute_item(n, mask)
+            self.computed += 1
+            self._save(side, mask, lists)
+        self._mem[key] = lists
+        return lists[:, :n]
+
+    def _file(self, side: str, n: int, mask: bool) -> Path:
+        assert self.cache_dir is not None
+        return self.cache_dir / f"{side}_topk_n{n}_{'masked' if mask else 'unmasked'}.safetensors"
+
+    def _load(self, side: str, n: int, mask: bool) -> torch.Tensor | None:
+        if self.cache_dir is None or not self.cache_dir.is_dir():
+            return None
+        pat = re.compile(rf"{side}_topk_n(\d+)_{'masked' if mask else 'unmasked'}\.safetensors")
+        sizes = sorted(
+            int(m.group(1)) for p in self.cache_dir.iterdir() if (m := pat.fullmatch(p.name))
+        )
+        for size in (s for s in sizes if s >= n):
+            path = self._file(side, size, mask)
+            try:
+                from safetensors import safe_open
+
+                with safe_open(str(path), framework="pt") as fh:
+                    meta = fh.metadata() or {}
+                if meta.get("fingerprint") != self.split_fingerprint:
+                    continue
+                return load_file(str(path))["lists"]
+            except Exception:  # a damaged cache file is recomputed, never trusted
+                continue
+        return None
+
+    def _save(self, side: str, mask: bool, lists: torch.Tensor) -> None:
+        if self.cache_dir is None:
+            return
+        from recpress.training.trainer import atomic_write_bytes
+
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        meta = {"fingerprint": self.split_fingerprint, "side": side, "mask_train": str(mask)}
+        atomic_write_bytes(
+            self._file(side, lists.shape[1], mask),
+            lambda p: save_file({"lists": lists.contiguous()}, str(p), metadata=meta),
+        )
+
+    def _device(self) -> torch.device:
+        assert self.teacher is not None
+        p = next(self.teacher.parameters(), None)
+        return p.device if p is not None else torch.device("cpu")
+
+    @torch.no_grad()
+    def _compute_user(self, n: int, mask: bool) -> torch.Tensor:
+        dev = self._device()
+        indptr, indices = self._train.indptr, self._train.indices
+        chunk = max(1, CHUNK_FLOATS // max(self.n_items, 1))
+        out = torch.empty((self.n_users, n), dtype=torch.int32)
+        for s in range(0, self.n_users, chunk):
+            e = min(s + chunk, self.n_users)
+            scores = self.teacher.score(torch.arange(s, e, device=dev)).float()
+            if mask:
+                deg = np.diff(indptr[s : e + 1])
+                rows = torch.as_tensor(np.repeat(np.arange(e - s), deg), device=dev)
+                cols = torch.as_tensor(indices[indptr[s] : indptr[e]].astype(np.int64), device=dev)
+                scores[rows, cols] = -torch.inf
+            vals, idx = torch.topk(scores, n, dim=1)
+            idx[torch.isneginf(vals)] = -1
+            out[s:e] = idx.to(torch.int32).cpu()
+        return out
+
+    @torch.no_grad()
+    def _compute_item(self, n: int, mask: bool) -> torch.Tensor:
+        """Running top-n over user chunks of the full score matrix (items as columns)."""
+        dev = self._device()
+        indptr, indices = self._train.indptr, self._train.indices
+        chunk = max(1, CHUNK_FLOATS // max(self.n_items, 1))
+        best_v = torch.full((0, self.n_items), -torch.inf, device=dev)
+        best_i = torch.zeros((0, self.n_items), dtype=torch.int64, device=dev)
+        for s in range(0, self.n_users, chunk):
+            e = min(s + chunk, self.n_users)
+            scores = self.teacher.score(torch.arange(s, e, device=dev)).float()
+            if mask:
+                deg = np.diff(indptr[s : e + 1])
+                rows = torch.as_tensor(np.repeat(np.arange(e - s), deg), device=dev)
+                cols = torch.as_tensor(indices[indptr[s] : indptr[e]].astype(np.int64), device=dev)
+                scores[rows, cols] = -torch.inf
+            users = torch.arange(s, e, device=dev).unsqueeze(1).expand(-1, self.n_items)
+            v = torch.cat([best_v, scores], 0)
+            i = torch.cat([best_i, users], 0)
+            k = min(n, v.shape[0])
+            best_v, pos = torch.topk(v, k, dim=0)
+            best_i = torch.gather(i, 0, pos)
+        best_i[torch.isneginf(best_v)] = -1
+        return best_i.T.contiguous().to(torch.int32).cpu()
+
+    # -- embeddings and scores ----------------------------------------------------------------
+    def user_embeddings(self, needed_by: str | None = None) -> torch.Tensor | None:
+        """Frozen teacher user embeddings (n_users, d_t), no grad."""
+        return self._embedding("user", needed_by)
+
+    def item_embeddings(self, needed_by: str | None = None) -> torch.Tensor | None:
+        """Frozen teacher item embeddings (n_items, d_t), no grad."""
+        return self._embedding("item", needed_by)
+
+    def _embedding(self, side: str, needed_by: str | None) -> torch.Tensor | None:
+        if needed_by is not None or self.teacher is None:
+            self._need("embeddings", needed_by)
+        if side not in self._emb:
+            with torch.no_grad():
+                t = self.teacher
+                e = t.user_embeddings() if side == "user" else t.item_embeddings()
+                self._emb[side] = None if e is None else e.detach().clone()
+        return self._emb[side]
+
+    @torch.no_grad()
+    def score_items(
+        self, users: torch.Tensor, items: torch.Tensor, needed_by: str | None = None
+    ) -> torch.Tensor:
+        """Teacher scores (B, K) of items (B, K) for users (B,), no grad."""
+        self._need("scores", needed_by)
+        return self.teacher.score_items(users, items).detach()
+
+    def to(self, device: torch.device | str) -> Knowledge:
+        """Move the teacher (and cached embeddings) to `device`; lists stay on the CPU."""
+        if self.teacher is not None:
+            self.teacher.to(device)
+        self._emb = {k: (None if v is None else v.to(device)) for k, v in self._emb.items()}
+        return self

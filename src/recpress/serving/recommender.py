@@ -1,0 +1,222 @@
+"""A CPU top-K recommender over an artifact's embeddings, vectorised over many users.
+
+``rec = TopKRecommender.load("artifact/")``; ``items, scores = rec.recommend(["u1", "u7"], k=20)``
+returns original item ids (n, k) and scores (n, k), excluding each user's seen (training) items.
+A user id the artifact does not know gets the most popular items (flagged in
+``result.fallback``) under ``unknown="popularity"``, or raises `UnknownUserError` under
+``unknown="error"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from recpress.errors import ConfigError
+from recpress.serving.artifact import Artifact, load_artifact
+
+UNKNOWN_POLICIES = ("popularity", "error")
+
+
+class UnknownUserError(ConfigError):
+    """Some requested user ids are not in the artifact (policy ``unknown="error"``)."""
+
+    def __init__(self, users: Sequence[Any]):
+        shown = ", ".join(repr(u) for u in list(users)[:5])
+        more = f" (and {len(users) - 5} more)" if len(users) > 5 else ""
+        super().__init__(f"unknown user id(s): {shown}{more}")
+        self.users = list(users)
+
+
+@dataclass
+class Recommendations:
+    """Answer of `TopKRecommender.recommend` for n users.
+
+    Attributes:
+        items: (n, k) original item ids (dtype of the artifact's item ids).
+        scores: (n, k) float32 scores, descending per row; -inf marks padding when a user has
+            fewer than k unseen items (the item id there is meaningless).
+        fallback: (n,) bool, True where the user was unknown and got the popularity list
+            (its scores are training interaction counts).
+        users: the requested ids, as given.
+
+    Unpacks as ``items, scores = result``.
+    """
+
+    items: np.ndarray
+    scores: np.ndarray
+    fallback: np.ndarray
+    users: list[Any]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter((self.items, self.scores))
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One JSON-ready dict per user: user, items, scores, fallback (padding dropped)."""
+        out = []
+        finite = np.isfinite(self.scores)
+        for r, user in enumerate(self.users):
+            keep = finite[r]
+            out.append(
+                {
+                    "user": _py(user),
+                    "items": self.items[r][keep].tolist(),
+                    "scores": [float(s) for s in self.scores[r][keep]],
+                    "fallback": bool(self.fallback[r]),
+                }
+            )
+        return out
+
+
+def _py(x: Any) -> Any:
+    return x.item() if isinstance(x, np.generic) else x
+
+
+class TopKRecommender:
+    """Top-K over ``scores = U[users] @ I.T`` with seen items masked, on CPU (any torch device).
+
+    Args:
+        artifact: a loaded `Artifact`.
+        unknown: "popularity" (fallback, flagged) or "error" (raise `UnknownUserError`).
+        chunk_elements: users per chunk are chosen so that a chunk holds about this many scores.
+    """
+
+    def __init__(
+        self,
+        artifact: Artifact,
+        unknown: str = "popularity",
+        chunk_elements: int = 2**22,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        if unknown not in UNKNOWN_POLICIES:
+            raise ConfigError(
+                f"unknown-user policy must be one of {', '.join(UNKNOWN_POLICIES)}, "
+                f"got {unknown!r}",
+                field="unknown",
+            )
+        self.artifact = artifact
+        self.unknown = unknown
+        self.device = torch.device(device)
+        self.user_emb = artifact.user_emb.to(self.device).contiguous()
+        self.item_emb_t = artifact.item_emb.to(self.device).T.contiguous()  # (d, n_items)
+        self.item_ids = artifact.item_ids
+        self.user_ids = artifact.user_ids
+        self.user_ids_are_int = artifact.user_ids.dtype.kind in "iu"
+        self._index = {str(u): i for i, u in enumerate(artifact.user_ids.tolist())}
+        self.indptr = torch.as_tensor(artifact.seen_indptr, dtype=torch.int64)
+        self.indices = torch.as_tensor(artifact.seen_indices, dtype=torch.int64)
+        self.popularity = torch.as_tensor(artifact.popularity, dtype=torch.float32)
+        self._pop_order = torch.argsort(self.popularity, descending=True, stable=True)
+        self.chunk_users = max(1, int(chunk_elements) // max(1, artifact.n_items))
+
+    @classmethod
+    def load(cls, path: str | Path, unknown: str = "popularity", **kwargs: Any) -> TopKRecommender:
+        """Load and validate the artifact at `path` (see `load_artifact`)."""
+        return cls(load_artifact(path), unknown=unknown, **kwargs)
+
+    @property
+    def n_users(self) -> int:
+        return self.artifact.n_users
+
+    @property
+    def n_items(self) -> int:
+        return self.artifact.n_items
+
+    # -- id mapping ---------------------------------------------------------------------------
+    def lookup(self, user_ids: Sequence[Any]) -> np.ndarray:
+        """Internal indices of original user ids; -1 where unknown."""
+        get = self._index.get
+        return np.fromiter(
+            (get(str(_py(u)), -1) for u in user_ids), dtype=np.int64, count=len(user_ids)
+        )
+
+    # -- the hot path -------------------------------------------------------------------------
+    def _mask_seen(self, scores: torch.Tensor, idx: torch.Tensor) -> None:
+        """Set scores of each row's training items to -inf (vectorised over the rows)."""
+        starts = self.indptr[idx]
+        counts = self.indptr[idx + 1] - starts
+        total = int(counts.sum())
+        if total == 0:
+            return
+        rows = torch.repeat_interleave(torch.arange(len(idx)), counts)
+        offsets = torch.cumsum(counts, 0) - counts
+        pos = torch.arange(total) - offsets[rows] + starts[rows]
+        cols = self.indices[pos]
+        scores.view(-1).index_fill_(0, rows * scores.shape[1] + cols, float("-inf"))
+
+    def topk_internal(
+        self, idx: np.ndarray | torch.Tensor, k: int, exclude_seen: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k (scores, internal item indices) for known internal user indices, chunked."""
+        idx = torch.as_tensor(idx, dtype=torch.int64)
+        k = min(int(k), self.n_items)
+        vals, tops = [], []
+        with torch.no_grad():
+            for start in range(0, len(idx), self.chunk_users):
+                part = idx[start : start + self.chunk_users]
+                scores = self.user_emb[part.to(self.device)] @ self.item_emb_t
+                if exclude_seen:
+                    self._mask_seen(scores, part)
+                v, t = torch.topk(scores, k, dim=1)
+                vals.append(v)
+                tops.append(t)
+        if not vals:
+            return torch.empty(0, k), torch.empty(0, k, dtype=torch.int64)
+        return torch.cat(vals).cpu(), torch.cat(tops).cpu()
+
+    def recommend(
+        self,
+        user_ids: Sequence[Any] | Any,
+        k: int = 20,
+        exclude_seen: bool = True,
+        unknown: str | None = None,
+    ) -> Recommendations:
+        """Top-`k` original item ids and scores for each of `user_ids` (original ids).
+
+        A single id (not a list) is treated as a list of one. `unknown` overrides the policy of
+        this recommender for this call. Raises ConfigError for k <= 0 and `UnknownUserError`.
+        """
+        if isinstance(user_ids, (str, bytes, int, np.integer)):
+            user_ids = [user_ids]
+        user_ids = list(user_ids)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+            raise ConfigError(f"k must be a positive integer, got {k!r}", field="k")
+        policy = unknown or self.unknown
+        if policy not in UNKNOWN_POLICIES:
+            raise ConfigError(f"unknown-user policy must be popularity or error, got {policy!r}")
+        k = min(int(k), self.n_items)
+        idx = self.lookup(user_ids)
+        known = idx >= 0
+        if not known.all() and policy == "error":
+            raise UnknownUserError([u for u, ok in zip(user_ids, known, strict=True) if not ok])
+        n = len(user_ids)
+        items_idx = np.zeros((n, k), dtype=np.int64)
+        scores = np.zeros((n, k), dtype=np.float32)
+        if known.any():
+            v, t = self.topk_internal(idx[known], k, exclude_seen=exclude_seen)
+            scores[known] = v.numpy()
+            items_idx[known] = t.numpy()
+        if not known.all():
+            top = self._pop_order[:k]
+            items_idx[~known] = top.numpy()
+            scores[~known] = self.popularity[top].numpy()
+        return Recommendations(
+            items=self.item_ids[items_idx],
+            scores=scores,
+            fallback=~known,
+            users=user_ids,
+        )
+
+    def recommend_all(
+        self, k: int = 50, exclude_seen: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k (scores, internal item indices) of every user of the artifact."""
+        return self.topk_internal(torch.arange(self.n_users), k, exclude_seen)

@@ -171,8 +171,7 @@ def test_mix_experts_sparse_equals_dense():
     slow = torch.stack(
         [
             sum(
-                w[a, k]
-                * (torch.relu(x[a] @ bank.w1[k] + bank.b1[k]) @ bank.w2[k] + bank.b2[k])
+                w[a, k] * (torch.relu(x[a] @ bank.w1[k] + bank.b1[k]) @ bank.w2[k] + bank.b2[k])
                 for k in range(4)
             )
             for a in range(9)
@@ -193,9 +192,11 @@ class _FixedKnowledge:
 
 
 def _student(n_u, n_i, d_s, seed=0):
-    return BPRMF(embedding_dim=d_s, init_std=0.5).build(
-        n_u, n_i, generator=torch.Generator().manual_seed(seed)
-    ).double()
+    return (
+        BPRMF(embedding_dim=d_s, init_std=0.5)
+        .build(n_u, n_i, generator=torch.Generator().manual_seed(seed))
+        .double()
+    )
 
 
 def _setup(n_u=5, n_i=7, d_s=3, d_t=6):
@@ -256,16 +257,17 @@ def _slow_htd(htd, student, batch, epoch, tu, ti, gumbel_u):
             gumb = -torch.log(-torch.log(uni[r]))
             z = torch.softmax((torch.log(alphas[x] + 1e-10) + gumb) / tau, dim=-1)
             mix = sum(
-                z[k]
-                * (torch.relu(es_t[x] @ bank.w1[k] + bank.b1[k]) @ bank.w2[k] + bank.b2[k])
+                z[k] * (torch.relu(es_t[x] @ bank.w1[k] + bank.b1[k]) @ bank.w2[k] + bank.b2[k])
                 for k in range(k_groups)
             )
-            ga += float(((et[x] - mix) ** 2).sum())
+            ga += float(((et[x] - mix) ** 2).sum().detach())
     return htd.gamma * (ent + grp) + (1 - htd.gamma) * ga
 
 
 FLAG_COMBOS = list(
-    itertools.product(["second", "first"], ["all", "teacher_positive"], [False, True], [False, True])
+    itertools.product(
+        ["second", "first"], ["all", "teacher_positive"], [False, True], [False, True]
+    )
 )
 
 
@@ -294,7 +296,7 @@ def test_htd_matches_explicit_every_flag(choice, pair_filter, include_own, detac
     ]
     loss = htd.loss(student, batch, epoch)
     expected = _slow_htd(htd, student, batch, epoch, tu, ti, gumbel_u)
-    assert float(loss) == pytest.approx(expected, rel=1e-7)
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-7)
 
 
 def test_htd_gradients_reach_student_and_aux_only():
@@ -340,28 +342,24 @@ def test_tau_schedule_reference_values():
     htd = HTD()
     assert htd.tau(0) == 1.0 and htd.tau(1) == 1.0
     assert htd.tau(10) == pytest.approx(10 ** (-10 * 9 / 100))
-    assert htd.tau(100) == pytest.approx(1e-10 ** 0.99)
+    assert htd.tau(100) == pytest.approx(1e-10**0.99)
     assert math.isfinite(htd.tau(500))
 
 
-def test_htd_trains_with_trainer_float32():
-    """Integration: a few steps of the Trainer with HTD + FTD on random data lower the KD loss."""
-    torch.set_default_dtype(torch.float32)
-    try:
-        tu, ti, student, batch = _setup()
-        student = BPRMF(embedding_dim=3).build(5, 7, generator=torch.Generator().manual_seed(0))
-        htd = HTD(n_groups=2)
-        htd.prepare(None, None, _FixedKnowledge(tu.float(), ti.float()), student=student)
-        params = list(student.parameters()) + list(htd.parameters())
-        opt = torch.optim.SGD(params, lr=0.05)
-        htd.on_epoch_start(student, 50, torch.Generator().manual_seed(0))
-        first = None
-        for _ in range(30):
-            loss = htd.loss(student, batch, 50)
-            first = float(loss) if first is None else first
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        assert float(loss) < first
-    finally:
-        D = torch.float64
+def test_htd_few_steps_lower_the_loss_float32():
+    """A few SGD steps on HTD alone (fp32, sparse expert path, tiny τ) stay finite and learn."""
+    tu, ti, _, batch = _setup()
+    student = BPRMF(embedding_dim=3).build(5, 7, generator=torch.Generator().manual_seed(0))
+    htd = HTD(n_groups=2)
+    htd.prepare(None, None, _FixedKnowledge(tu.float(), ti.float()), student=student)
+    opt = torch.optim.SGD(list(student.parameters()) + list(htd.parameters()), lr=0.01)
+    htd.on_epoch_start(student, 50, torch.Generator().manual_seed(0))
+    losses = []
+    for _ in range(30):
+        loss = htd.loss(student, batch, 50)
+        losses.append(float(loss.detach()))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert all(math.isfinite(v) for v in losses)
+    assert sum(losses[-5:]) / 5 < losses[0]

@@ -1,0 +1,85 @@
+"""TopKRecommender: seen items excluded, original ids, unknown-user policies, brute force."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from recpress.errors import ConfigError
+from recpress.serving import TopKRecommender, UnknownUserError
+
+
+def brute_force(model, split, u: int, k: int) -> list[int]:
+    scores = (model.user_emb.weight[u] @ model.item_emb.weight.T).detach().numpy().copy()
+    scores[split.train[u].indices] = -np.inf
+    return list(np.argsort(-scores, kind="stable")[:k])
+
+
+def test_matches_brute_force_and_excludes_seen(small_artifact: Path, small_model, small_split):
+    rec = TopKRecommender.load(small_artifact)
+    users = list(small_split.user_ids)
+    items, scores = rec.recommend(users, k=10)
+    assert items.shape == (40, 10) and scores.shape == (40, 10)
+    assert items.dtype.kind == "U" and items[0, 0].startswith("i")
+    for u in range(40):
+        seen = set(small_split.item_ids[small_split.train[u].indices])
+        assert not seen & set(items[u])
+        assert list(items[u]) == list(
+            small_split.item_ids[brute_force(small_model, small_split, u, 10)]
+        )
+        assert np.all(np.diff(scores[u]) <= 0)
+    with_seen, _ = rec.recommend(users[:3], k=60, exclude_seen=False)
+    assert all(len(set(row)) == 60 for row in with_seen)
+
+
+def test_order_and_single_id(small_artifact: Path):
+    rec = TopKRecommender.load(small_artifact)
+    both = rec.recommend(["u5", "u2"], k=4)
+    one = rec.recommend("u2", k=4)
+    assert list(both.items[1]) == list(one.items[0]) and len(one) == 1
+    assert both.rows()[0]["user"] == "u5"
+
+
+def test_k_beyond_unseen_items_pads_with_minus_inf(small_artifact: Path):
+    rec = TopKRecommender.load(small_artifact)
+    res = rec.recommend(["u0"], k=1000)  # 60 items, 8 seen -> 52 real, 8 padding
+    assert res.items.shape == (1, 60)
+    assert np.isinf(res.scores[0]).sum() == 8
+    assert len(res.rows()[0]["items"]) == 52
+
+
+def test_unknown_user_popularity_fallback_is_flagged(small_artifact: Path, small_split):
+    rec = TopKRecommender.load(small_artifact)
+    res = rec.recommend(["u1", "nobody", 7], k=5)
+    assert res.fallback.tolist() == [False, True, True]
+    popular = np.argsort(-np.asarray(small_split.train.sum(0)).ravel(), kind="stable")[:5]
+    assert list(res.items[1]) == list(small_split.item_ids[popular])
+    assert res.rows()[1]["fallback"] is True
+
+
+def test_unknown_user_error_policy(small_artifact: Path):
+    rec = TopKRecommender.load(small_artifact, unknown="error")
+    with pytest.raises(UnknownUserError, match="'nobody'"):
+        rec.recommend(["u1", "nobody"], k=5)
+    assert rec.recommend(["nobody"], k=5, unknown="popularity").fallback.all()
+    with pytest.raises(ConfigError, match="policy"):
+        TopKRecommender.load(small_artifact, unknown="ignore")
+
+
+@pytest.mark.parametrize("k", [0, -3, 2.5, True])
+def test_bad_k(small_artifact: Path, k):
+    rec = TopKRecommender.load(small_artifact)
+    with pytest.raises(ConfigError, match="k must be a positive integer"):
+        rec.recommend(["u1"], k=k)
+
+
+def test_chunking_gives_the_same_answer(small_artifact: Path):
+    a = TopKRecommender.load(small_artifact)
+    b = TopKRecommender.load(small_artifact, chunk_elements=60 * 3)
+    assert b.chunk_users == 3
+    va, ta = a.recommend_all(k=7)
+    vb, tb = b.recommend_all(k=7)
+    assert torch.equal(ta, tb) and torch.allclose(va, vb, rtol=1e-5, atol=1e-6)

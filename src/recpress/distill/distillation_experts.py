@@ -22,6 +22,34 @@ from recpress.distill.registry import register
 from recpress.errors import ConfigError
 
 
+def gumbel_softmax(
+    log_alpha: torch.Tensor, tau: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """softmax((log α + g) / τ) in fp32 with g = −log(−log u), u ~ U(0, 1) drawn on the CPU
+    from `generator` (one (n, M) draw).
+
+    (Written here because ``experts.gumbel_softmax`` negates before its inner clamp, which
+    gives log of a negative number, i.e. NaN, for every draw.)
+    """
+    log_alpha = log_alpha.float()
+    u = torch.rand(log_alpha.shape, generator=generator, device="cpu").to(log_alpha.device)
+    g = -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
+    return torch.softmax((log_alpha + g) / tau, dim=-1)
+
+
+def expert_error(
+    bank: ExpertBank,
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    tau: float,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Per-entity ‖e^t − Σ_m z_m E_m(e^s)‖², z = Gumbel-softmax(log(α + 1e-10), τ): (n,)."""
+    z = gumbel_softmax(torch.log(bank.selection(teacher) + 1e-10), tau, generator)
+    mixed = torch.einsum("nm,nmt->nt", z.to(student.dtype), bank.experts(student))
+    return ((teacher - mixed) ** 2).sum(-1)
+
+
 @register
 class DistillationExperts(Distiller):
     """DE. Args: n_experts M (30), hidden_dim h (None: ⌊(d_t + d_s)/2⌋), max_epochs E_max of
@@ -100,11 +128,11 @@ class DistillationExperts(Distiller):
         users = torch.unique(batch.users)
         pos, neg = torch.unique(batch.pos), torch.unique(batch.neg)
         items = torch.cat([pos, neg])
-        err_u = self.user_experts.reconstruction_error(
-            student.user_embeddings(users), self.t_user[users], tau, self._gen
+        err_u = expert_error(
+            self.user_experts, student.user_embeddings(users), self.t_user[users], tau, self._gen
         )
-        err_i = self.item_experts.reconstruction_error(
-            student.item_embeddings(items), self.t_item[items], tau, self._gen
+        err_i = expert_error(
+            self.item_experts, student.item_embeddings(items), self.t_item[items], tau, self._gen
         )
         total = err_u.sum() + 0.5 * err_i.sum()
         if self.reduction == "mean":

@@ -8,7 +8,7 @@ import torch
 
 from recpress.evaluation import evaluate
 from recpress.models import BPRMF, TripletBatch, make_model
-from recpress.training import Trainer, TrainConfig
+from recpress.training import TrainConfig, Trainer
 
 
 def test_loss_is_bpr_per_triple():
@@ -19,8 +19,12 @@ def test_loss_is_bpr_per_triple():
         -np.log(1 / (1 + np.exp(-float(p[u] @ q[i] - p[u] @ q[j]))))
         for u, i, j in [(0, 1, 3), (2, 4, 0)]
     ]
-    torch.testing.assert_close(model.loss(batch).detach().double(),
-                               torch.tensor(expected, dtype=torch.float64), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        model.loss(batch).detach().double(),
+        torch.tensor(expected, dtype=torch.float64),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_scores_agree_and_shapes():
@@ -44,8 +48,17 @@ def test_constructor_stores_hyperparameters_only():
 
 def test_bpr_beats_popularity_on_real_data(ml100k_split):
     split = ml100k_split
-    config = TrainConfig(epochs=15, lr=5e-3, weight_decay=0.0, batch_size=1024, eval_every=5,
-                         patience=None, ks=[20], selection_metric="recall@20", device="cpu")
+    config = TrainConfig(
+        epochs=15,
+        lr=5e-3,
+        weight_decay=0.0,
+        batch_size=1024,
+        eval_every=5,
+        patience=None,
+        ks=[20],
+        selection_metric="recall@20",
+        device="cpu",
+    )
     model = BPRMF(embedding_dim=32)
     Trainer(config).fit(model, split, progress=False)
     popularity = torch.as_tensor(np.asarray(split.train.sum(axis=0)).ravel())

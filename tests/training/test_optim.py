@@ -58,7 +58,7 @@ def test_momentum_catch_up_tracks_dense_adam_without_decay():
     lazy = LazyAdam([a], lr=1e-2)
     ref = torch.optim.Adam([b], lr=1e-2)
     gen = torch.Generator().manual_seed(0)
-    for step in range(400):
+    for _ in range(400):
         rows = torch.randperm(n, generator=gen)[:5]
         vals = torch.randn(5, d, generator=gen) + 1.0
         a.grad = _sparse_grad(rows, vals, a.shape)

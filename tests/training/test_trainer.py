@@ -9,13 +9,23 @@ import torch
 from safetensors.torch import load_file
 
 from recpress.models import BPRMF
-from recpress.training import Trainer, TrainConfig
+from recpress.training import TrainConfig, Trainer
 from tests.conftest import random_split
 
 
 def _config(**kw) -> TrainConfig:
-    base = dict(epochs=6, lr=0.05, weight_decay=0.0, batch_size=32, eval_every=1, patience=None,
-                ks=[5, 10], selection_metric="recall@10", seed=3, device="cpu")
+    base = dict(
+        epochs=6,
+        lr=0.05,
+        weight_decay=0.0,
+        batch_size=32,
+        eval_every=1,
+        patience=None,
+        ks=[5, 10],
+        selection_metric="recall@10",
+        seed=3,
+        device="cpu",
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -60,8 +70,13 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(tmp_path):
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        Trainer(_config()).fit(BPRMF(8), split, run_dir=tmp_path / "cut", progress=False,
-                               on_evaluation=stop_after_epoch_2)
+        Trainer(_config()).fit(
+            BPRMF(8),
+            split,
+            run_dir=tmp_path / "cut",
+            progress=False,
+            on_evaluation=stop_after_epoch_2,
+        )
     # the checkpoint of epoch 1 exists; rerunning continues from epoch 2
     resumed = Trainer(_config()).fit(BPRMF(8), split, run_dir=tmp_path / "cut", progress=False)
     assert [r["epoch"] for r in resumed.history] == list(range(6))

@@ -42,5 +42,6 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(exc.exit_code)
         raise
 
+
 if __name__ == "__main__":
     main()

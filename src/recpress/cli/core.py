@@ -19,17 +19,18 @@ def datasets() -> None:
     from recpress.data import list_datasets
 
     table = Table(title="RecPress datasets")
-    for col in ("name", "local", "users", "items", "interactions", "density", "description"):
-        table.add_column(
-            col, justify="right" if col in {"users", "items", "interactions", "density"} else "left"
-        )
+    table.add_column("name", no_wrap=True)
+    table.add_column("local", no_wrap=True)
+    for col in ("users", "items", "interactions", "density"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("description")
     for row in list_datasets():
         stats = row.get("stats") or {}
         fmt = lambda v: f"{v:,}" if isinstance(v, int) else ("" if v is None else str(v))  # noqa: E731
         density = stats.get("density")
         table.add_row(
             row["name"],
-            "yes" if row.get("available") else "no (downloads on first use)",
+            "yes" if row.get("available") else "no: downloads",
             fmt(stats.get("users")),
             fmt(stats.get("items")),
             fmt(stats.get("interactions")),
@@ -48,6 +49,16 @@ def train(
     ] = None,
     data_path: Annotated[
         Path | None, typer.Option(help="Folder holding the dataset files.")
+    ] = None,
+    interactions: Annotated[
+        Path | None, typer.Option(help="Your own interactions file (instead of --dataset).")
+    ] = None,
+    file_format: Annotated[
+        str | None,
+        typer.Option(
+            "--format",
+            help="Format of --interactions: users-dat, pairs, movielens, lightgcn, recbole, table.",
+        ),
     ] = None,
     protocol: Annotated[
         str | None, typer.Option(help="Split protocol: loo, ratio, temporal, fixed.")
@@ -76,6 +87,8 @@ def train(
         "data.dataset": dataset,
         "data.path": str(data_path) if data_path else None,
         "data.protocol": protocol,
+        "data.interactions": str(interactions) if interactions else None,
+        "data.format": file_format,
         "model.name": model,
         "model.embedding_dim": dim,
         "train.epochs": epochs,

@@ -129,7 +129,13 @@ def _fast_table(path: Path, sep: str, dtypes: dict[str, type]) -> pd.DataFrame |
         return None
     # only digits, separators and newlines: anything else ("2.0", "x", " ") takes the slow,
     # precise path (pandas would accept "2.0" as an integer id)
-    if path.read_bytes().translate(None, _PLAIN_CHARS + sep.encode()):
+    raw = path.read_bytes()
+    if raw.translate(None, _PLAIN_CHARS + sep.encode()):
+        return None
+    # exactly one separator fewer than columns on every line (pandas would silently turn an
+    # extra leading column into the index); blank lines or stray fields take the slow path
+    n_lines = raw.count(b"\n") + (0 if raw.endswith(b"\n") else 1)
+    if raw.count(sep.encode()) != (len(dtypes) - 1) * n_lines:
         return None
     try:
         df = pd.read_csv(path, sep=sep, header=None, names=list(dtypes), dtype=dtypes, engine="c")

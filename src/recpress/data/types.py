@@ -121,6 +121,24 @@ class Split:
             )
         return self._cache[key]
 
+    def check_trainable(self) -> None:
+        """Raise DataError unless a model can be trained on this split: some training pairs,
+        and no user whose training items cover the whole catalogue (no negative to sample)."""
+        from recpress.errors import DataError
+
+        name = self.dataset or "the dataset"
+        if self.train.nnz == 0:
+            raise DataError(f"{name} has no training interactions; check the data files")
+        if self.n_items < 2:
+            raise DataError(f"{name} has {self.n_items} item(s); ranking needs at least 2")
+        full = np.flatnonzero(np.diff(self.train.indptr) >= self.n_items)
+        if len(full):
+            raise DataError(
+                f"user {self.user_ids[full[0]]!r} of {name} has interacted with every one of "
+                f"the {self.n_items} items, so no negative item can be sampled; remove that "
+                "user or add items"
+            )
+
     def stats(self) -> dict[str, int]:
         """Counts: users, items, and interactions per part."""
         return {

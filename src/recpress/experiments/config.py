@@ -16,7 +16,9 @@ class DataConfig(BaseModel):
     """Which data and which split protocol.
 
     ``dataset`` is a registry name (``recpress datasets`` lists them); ``path`` overrides where
-    its files are looked up. ``protocol`` None means the dataset's default (``fixed`` for a
+    its files are looked up. Your own files: ``interactions`` (one file, split by ``protocol``)
+    or ``train``/``valid``/``test`` (a fixed split), read as ``format``; then ``dataset`` is
+    only a label. ``protocol`` None means the dataset's default (``fixed`` for a
     dataset that ships its split, ``loo`` otherwise).
     """
 
@@ -28,6 +30,16 @@ class DataConfig(BaseModel):
     split_seed: int = 0
     min_rating: float | None = None
     kcore: int = Field(0, ge=0)
+    interactions: str | None = Field(None, description="your own interactions file")
+    train: str | None = Field(None, description="your own training file (fixed split)")
+    valid: str | None = None
+    test: str | None = None
+    format: str | None = Field(
+        None, description="users-dat, pairs, movielens, lightgcn, recbole or table"
+    )
+    columns: dict[str, str] | None = Field(
+        None, description="table format: column names for user, item, rating, timestamp"
+    )
 
 
 class ModelConfig(BaseModel):

@@ -32,6 +32,21 @@ def load_split_for(config: RunConfig) -> Split:
         clean["min_rating"] = d.min_rating
     if d.kcore:
         clean.update(user_k=d.kcore, item_k=d.kcore)
+    if d.interactions or d.train or d.valid or d.test:
+        from recpress.data.files import load_files_split
+
+        return load_files_split(
+            interactions=d.interactions,
+            train=d.train,
+            valid=d.valid,
+            test=d.test,
+            fmt=d.format,
+            columns=d.columns,
+            protocol=d.protocol,
+            seed=d.split_seed,
+            name=d.dataset,
+            **clean,
+        )
     return load_split(d.dataset, protocol=d.protocol, seed=d.split_seed, path=d.path, **clean)
 
 
@@ -64,6 +79,7 @@ def train_run(
     bad input leaves nothing behind. A finished run is not retrained; an interrupted one resumes.
     """
     split = split if split is not None else load_split_for(config)
+    split.check_trainable()
     model = build_model(config)
     out = Path(out)
     distillers = list(distillers)

@@ -1,0 +1,5 @@
+"""`python -m recpress.cli` runs the command line."""
+
+from recpress.cli import main
+
+main()

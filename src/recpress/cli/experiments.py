@@ -1,0 +1,66 @@
+"""Experiment commands: sweep (resumable grid of runs) and report (tables, plots, claims)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from recpress.cli.app import SetOption, app, console
+
+
+@app.command()
+def sweep(
+    config: Annotated[Path, typer.Argument(help="Sweep YAML (e.g. configs/td-citeulike.yaml).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Sweep directory (default runs/<name>).")
+    ] = None,
+    set_: SetOption = None,
+    only: Annotated[
+        list[str] | None,
+        typer.Option(help="Only runs whose label contains this text, e.g. 'd=20' (repeatable)."),
+    ] = None,
+    restart: Annotated[
+        bool,
+        typer.Option(help="If --out holds a sweep of another config, delete it and start over."),
+    ] = False,
+    report: Annotated[bool, typer.Option(help="Write the report when done.")] = True,
+    progress: Annotated[bool, typer.Option(help="Show the overall progress bar.")] = True,
+) -> None:
+    """Train a teacher once, then students over dims × methods × seeds, one run directory each.
+
+    Resumable: rerun the same command after an interruption; finished runs are skipped and an
+    interrupted run continues from its last checkpoint.
+    """
+    from recpress.experiments.sweep import load_sweep_config, run_sweep
+
+    cfg = load_sweep_config(config, set_ or [])
+    out = out or Path("runs") / cfg.name
+    summary = run_sweep(cfg, out, restart=restart, progress=progress, only=only)
+    console.print(
+        f"sweep {out}: trained {len(summary['trained'])}, skipped {len(summary['skipped'])} "
+        f"finished, {summary['wall_seconds']:.0f}s"
+    )
+    if report:
+        from recpress.experiments.report import write_report
+
+        paths = write_report(out)
+        console.print(f"report: {paths['md']} and {paths['html']}")
+
+
+@app.command()
+def report(
+    sweep_dir: Annotated[Path, typer.Argument(help="A sweep directory written by `sweep`.")],
+    paired: Annotated[
+        bool, typer.Option(help="Paired t-tests vs no-KD (re-evaluates saved weights per user).")
+    ] = True,
+    latency: Annotated[bool, typer.Option(help="Measure scoring latency per student size.")] = True,
+) -> None:
+    """Write report.md and a self-contained report.html for a sweep (complete or not)."""
+    from recpress.experiments.report import write_report
+
+    paths = write_report(sweep_dir, paired=paired, latency=latency)
+    console.print(f"report: {paths['md']} and {paths['html']}")
+    if paths.get("missing"):
+        console.print(f"[yellow]{paths['missing']} runs missing[/] (listed in the report)")

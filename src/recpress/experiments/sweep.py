@@ -1,0 +1,399 @@
+"""Sweeps: one teacher, then students over dims × methods × seeds, one run directory each.
+
+Layout of a sweep directory::
+
+    sweep.yaml                      the sweep config (normalised); a different config refuses
+    teacher/                        the teacher run (trained once)
+    runs/<dim>/<method>/seed<k>/    one student run each (method "none" = plain student)
+    report.md, report.html          written by `recpress report`
+
+Every run is a normal run directory (`recpress.experiments.run.train_run`): a finished run is
+skipped, an interrupted one resumes from its last checkpoint. Rerunning the same command after an
+interruption therefore continues where it stopped.
+
+Both model-selection variants come from one training run: students train a fixed schedule
+(`students.train.selection`, default ``fixed_epochs``) evaluating validation *and* test every
+``eval_every`` epochs (history.csv), so the report reads the fixed-epoch result (last evaluation)
+and the validation-selected result (the evaluation with the best validation metric) from the same
+history, at no extra training cost.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from recpress.errors import ConfigError
+from recpress.experiments.config import (
+    DataConfig,
+    DistillConfig,
+    ModelConfig,
+    RunConfig,
+    apply_overrides,
+    load_yaml,
+    parse_config,
+)
+from recpress.experiments.rundir import is_finished, write_text
+from recpress.training.config import TrainConfig
+
+SWEEP_FILE = "sweep.yaml"
+TEACHER_DIR = "teacher"
+RUNS_DIR = "runs"
+SELECTIONS = ("fixed_epochs", "best_valid")
+
+
+def _student_train_default() -> TrainConfig:
+    return TrainConfig(epochs=101, selection="fixed_epochs", eval_every=10, patience=None)
+
+
+class TeacherSpec(BaseModel):
+    """The teacher: trained once (seed ``train.seed``) into ``teacher/``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=_student_train_default)
+
+
+class ArmSpec(BaseModel):
+    """A named variant of a method, e.g. ``htd-paper: {method: htd, params: {htd: {...}}}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str
+    weights: dict[str, float] = Field(default_factory=dict)
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class StudentsSpec(BaseModel):
+    """The student grid.
+
+    ``methods`` are registered methods or compositions (``none``, ``ftd``, ``htd``, ``de``,
+    ``rrd``, ``de+rrd``, ``htd+rrd``, ...) or names of ``arms``. ``weights`` / ``params`` apply
+    per component method to every composition that uses it (an arm's own weights/params override
+    them).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    dims: list[int] = Field(default_factory=lambda: [10, 20, 100, 200])
+    methods: list[str] = Field(default_factory=lambda: ["none", "ftd", "htd"])
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    model: str | None = Field(None, description="model name; default: the teacher's")
+    init_std: float | None = Field(None, gt=0)
+    train: TrainConfig = Field(default_factory=_student_train_default)
+    weights: dict[str, float] = Field(default_factory=dict)
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    topn: int = Field(500, ge=1)
+    arms: dict[str, ArmSpec] = Field(default_factory=dict)
+
+    @field_validator("dims")
+    @classmethod
+    def _dims(cls, dims: list[int]) -> list[int]:
+        if not dims or any(d <= 0 for d in dims):
+            raise ValueError("dims must be a non-empty list of positive integers")
+        if len(set(dims)) != len(dims):
+            raise ValueError("dims must not repeat")
+        return dims
+
+    @field_validator("seeds")
+    @classmethod
+    def _seeds(cls, seeds: list[int]) -> list[int]:
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ValueError("seeds must be a non-empty list without repeats")
+        return seeds
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, methods: list[str]) -> list[str]:
+        if not methods:
+            raise ValueError("methods must be a non-empty list")
+        out = [str(m).strip().lower() for m in methods]
+        if len(set(out)) != len(out):
+            raise ValueError("methods must not repeat")
+        return out
+
+
+class ReportSpec(BaseModel):
+    """What `recpress report` shows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: str = "recall@50"
+    selections: list[Literal["fixed_epochs", "best_valid"]] = Field(
+        default_factory=lambda: ["fixed_epochs", "best_valid"]
+    )
+    reference: Literal["none", "td-citeulike"] = Field(
+        "none", description="authors' logged numbers shown as reference columns"
+    )
+    curve_methods: list[str] = Field(default_factory=lambda: ["none", "ftd", "htd"])
+    claims: bool = True
+    latency: bool = True
+
+
+class SweepConfig(BaseModel):
+    """A sweep: data, a teacher, a student grid, and what the report shows."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = "sweep"
+    data: DataConfig = Field(default_factory=DataConfig)
+    teacher: TeacherSpec = Field(default_factory=TeacherSpec)
+    students: StudentsSpec = Field(default_factory=StudentsSpec)
+    report: ReportSpec = Field(default_factory=ReportSpec)
+
+    @model_validator(mode="after")
+    def _known_methods(self) -> SweepConfig:
+        for i, m in enumerate(self.students.methods):
+            if m in self.students.arms:
+                continue
+            _check_method(m, f"students.methods.{i}", self.students.arms)
+        for label, arm in self.students.arms.items():
+            _check_method(arm.method, f"students.arms.{label}.method", {})
+        return self
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _check_method(method: str, where: str, arms: dict) -> None:
+    import recpress.distill  # noqa: F401  (registers the methods)
+    from recpress.distill.registry import DISTILLERS, NO_KD, parse_method
+
+    try:
+        parse_method(method)
+    except ConfigError:
+        known = sorted(DISTILLERS) + [NO_KD] + sorted(arms)
+        raise ValueError(
+            f"unknown method {method!r} at {where}; allowed: {', '.join(known)} or a "
+            "composition with + (e.g. htd+rrd), or a name defined under students.arms"
+        ) from None
+
+
+def load_sweep_config(path: str | Path, assignments: list[str] | None = None) -> SweepConfig:
+    """Read and validate a sweep YAML (``--set`` overrides applied); errors name the key."""
+    data = apply_overrides(load_yaml(path), assignments or [])
+    try:
+        return parse_config(SweepConfig, data, str(path))
+    except ConfigError:
+        raise
+    except ValueError as err:  # raised from our validators outside pydantic's wrapping
+        raise ConfigError(f"invalid {path}: {err}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RunSpec:
+    """One run of the sweep: the teacher (dim None) or a student (dim, method, seed)."""
+
+    label: str
+    path: Path
+    config: RunConfig
+    dim: int | None = None
+    method: str | None = None
+    seed: int | None = None
+
+    @property
+    def is_teacher(self) -> bool:
+        return self.dim is None
+
+
+def _component_dict(names: list[str], given: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in given.items() if k in names}
+
+
+def student_run_config(cfg: SweepConfig, teacher_dir: Path, dim: int, method: str, seed: int):
+    """The RunConfig of one student run."""
+    from recpress.distill.registry import parse_method
+
+    s = cfg.students
+    arm = s.arms.get(method)
+    base_method = arm.method if arm else method
+    names = parse_method(base_method)
+    model = ModelConfig(
+        name=s.model or cfg.teacher.model.name,
+        embedding_dim=dim,
+        init_std=s.init_std or cfg.teacher.model.init_std,
+    )
+    train = s.train.model_copy(update={"seed": int(seed)})
+    distill = None
+    if names:
+        weights = _component_dict(names, s.weights)
+        params = {k: dict(v) for k, v in _component_dict(names, s.params).items()}
+        if arm:
+            weights.update(arm.weights)
+            for k, v in arm.params.items():
+                params.setdefault(k, {}).update(v)
+        distill = DistillConfig(
+            teacher=str(teacher_dir.resolve()),
+            method=base_method,
+            weights=weights,
+            params=params,
+            topn=s.topn,
+        )
+    return RunConfig(data=cfg.data, model=model, train=train, distill=distill)
+
+
+def plan(cfg: SweepConfig, sweep_dir: str | Path) -> list[RunSpec]:
+    """All runs of a sweep, teacher first, then students by dim, method, seed."""
+    sweep_dir = Path(sweep_dir)
+    tdir = sweep_dir / TEACHER_DIR
+    teacher = RunConfig(data=cfg.data, model=cfg.teacher.model, train=cfg.teacher.train)
+    runs = [RunSpec("teacher", tdir, teacher)]
+    for dim in cfg.students.dims:
+        for method in cfg.students.methods:
+            for seed in cfg.students.seeds:
+                runs.append(
+                    RunSpec(
+                        f"d={dim} {method} seed {seed}",
+                        run_path(sweep_dir, dim, method, seed),
+                        student_run_config(cfg, tdir, dim, method, seed),
+                        dim,
+                        method,
+                        seed,
+                    )
+                )
+    return runs
+
+
+def run_path(sweep_dir: Path, dim: int, method: str, seed: int) -> Path:
+    return Path(sweep_dir) / RUNS_DIR / str(dim) / method / f"seed{seed}"
+
+
+def prepare_sweep_dir(cfg: SweepConfig, sweep_dir: str | Path, restart: bool = False) -> Path:
+    """Create the sweep directory or check it holds this config.
+
+    A directory holding a sweep of another config raises ConfigError unless ``restart`` (which
+    removes its teacher, runs and reports, then starts over).
+    """
+    sweep_dir = Path(sweep_dir)
+    if sweep_dir.exists() and not sweep_dir.is_dir():
+        raise ConfigError(f"{sweep_dir} exists and is not a directory; choose another --out")
+    existing = sweep_dir / SWEEP_FILE
+    text = cfg.to_yaml()
+    if existing.is_file() and existing.read_text() != text:
+        if not restart:
+            raise ConfigError(
+                f"{sweep_dir} holds a sweep with a different config ({existing}); its results "
+                "would mix with this one. Use another --out, or --restart to delete its runs and "
+                "start over"
+            )
+        for name in (TEACHER_DIR, RUNS_DIR):
+            shutil.rmtree(sweep_dir / name, ignore_errors=True)
+        for name in ("report.md", "report.html", "report.json"):
+            (sweep_dir / name).unlink(missing_ok=True)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    write_text(existing, text)
+    return sweep_dir
+
+
+def read_sweep(sweep_dir: str | Path) -> SweepConfig:
+    """The config of an existing sweep directory."""
+    sweep_dir = Path(sweep_dir)
+    f = sweep_dir / SWEEP_FILE
+    if not f.is_file():
+        raise ConfigError(f"{sweep_dir} is not a sweep directory (no {SWEEP_FILE}); run `sweep`")
+    return load_sweep_config(f)
+
+
+# ---------------------------------------------------------------------------------------------
+def run_sweep(
+    cfg: SweepConfig,
+    sweep_dir: str | Path,
+    restart: bool = False,
+    progress: bool = True,
+    only: list[str] | None = None,
+) -> dict[str, Any]:
+    """Train every run of the sweep that is not finished (teacher first).
+
+    Args:
+        only: restrict to runs whose label contains one of these strings (teacher always runs).
+    Returns a summary: runs trained, skipped, seconds per run and total wall time.
+    """
+    from recpress.experiments.run import load_split_for, train_run
+
+    sweep_dir = prepare_sweep_dir(cfg, sweep_dir, restart=restart)
+    runs = plan(cfg, sweep_dir)
+    if only:
+        runs = [r for r in runs if r.is_teacher or any(o in r.label for o in only)]
+    split = load_split_for(runs[0].config)
+    summary: dict[str, Any] = {"trained": [], "skipped": [], "seconds": {}}
+    started = time.perf_counter()
+    bar = _SweepProgress(len(runs), enabled=progress)
+    try:
+        for spec in runs:
+            if is_finished(spec.path):
+                summary["skipped"].append(spec.label)
+                bar.advance(spec.label, None)
+                continue
+            bar.start_run(spec.label)
+            t0 = time.perf_counter()
+            train_run(spec.config, spec.path, progress=False, split=split)
+            seconds = time.perf_counter() - t0
+            summary["trained"].append(spec.label)
+            summary["seconds"][spec.label] = round(seconds, 2)
+            bar.advance(spec.label, seconds)
+    finally:
+        bar.close()
+    summary["wall_seconds"] = round(time.perf_counter() - started, 2)
+    return summary
+
+
+class _SweepProgress:
+    """Overall progress over runs with an ETA from the mean time of runs trained so far."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.done, self.times = total, 0, []
+        self._p = None
+        if not enabled:
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        self._p = Progress(
+            TextColumn("[bold]sweep"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("ETA {task.fields[eta]}"),
+            TextColumn("{task.fields[info]}"),
+        )
+        self._task = self._p.add_task("sweep", total=total, eta="?", info="")
+        self._p.start()
+
+    def _eta(self) -> str:
+        if not self.times:
+            return "?"
+        left = (self.total - self.done) * sum(self.times) / len(self.times)
+        m, s = divmod(int(left), 60)
+        h, m = divmod(m, 60)
+        return f"{h}:{m:02d}:{s:02d}"
+
+    def start_run(self, label: str) -> None:
+        if self._p is not None:
+            self._p.update(self._task, info=f"training {label}")
+
+    def advance(self, label: str, seconds: float | None) -> None:
+        self.done += 1
+        if seconds is not None:
+            self.times.append(seconds)
+        if self._p is not None:
+            state = "skipped (finished)" if seconds is None else f"{seconds:.0f}s"
+            self._p.update(
+                self._task, completed=self.done, eta=self._eta(), info=f"{label}: {state}"
+            )
+
+    def close(self) -> None:
+        if self._p is not None:
+            self._p.stop()

@@ -197,6 +197,7 @@ class DCD(Distiller):
             else:  # scores of these items for every user: (n_users, c) → (c, n_users)
                 all_u = torch.arange(student.n_users, device=dev)
                 full = student.score_items(all_u, rows.expand(student.n_users, -1)).float().T
+            sc = torch.gather(full, 1, cols)  # self-consistent with the catalogue scores
             srt = torch.sort(full, dim=1).values.contiguous()
             above = full.shape[1] - torch.searchsorted(srt, sc.contiguous(), right=True)
             out.append(above)
@@ -226,8 +227,9 @@ class DCD(Distiller):
         """(Π positions sorted ascending (teacher order), Ω positions), each (rows, K)."""
         k = min(self.k, under.shape[1])
         if self.sampling == "deterministic":
-            pi = torch.topk(under, k, dim=1).indices
-            om = torch.topk(over, k, dim=1).indices
+            # the K largest weights; ties broken by teacher order
+            pi = torch.sort(under, dim=1, descending=True, stable=True).indices[:, :k]
+            om = torch.sort(over, dim=1, descending=True, stable=True).indices[:, :k]
         else:
             pi = torch.multinomial(under, k, replacement=False, generator=generator)
             om = torch.multinomial(over, k, replacement=False, generator=generator)

@@ -29,7 +29,7 @@ def slow_rrd(s_int: list[float], s_un: list[float]) -> float:
     P = Π_k exp(s_k) / (Σ_{l ≥ k} exp(s_l) + Σ_j exp(s_j))."""
     logp = 0.0
     for k in range(len(s_int)):
-        denom = sum(math.exp(s_int[l]) for l in range(k, len(s_int)))
+        denom = sum(math.exp(s_int[m]) for m in range(k, len(s_int)))
         denom += sum(math.exp(x) for x in s_un)
         logp += math.log(math.exp(s_int[k]) / denom)
     return -logp
@@ -51,7 +51,7 @@ def slow_de(de, student, batch, tau, gen):
     noise_u = torch.rand((users.numel(), de.n_experts), generator=gen)
     noise_i = torch.rand((items.numel(), de.n_experts), generator=gen)
     total = 0.0
-    for side, ids, noise, bank, t_emb, s_emb, w in (
+    for _side, ids, noise, bank, t_emb, s_emb, w in (
         ("u", users, noise_u, de.user_experts, de.t_user, student.user_emb.weight, 1.0),
         ("i", items, noise_i, de.item_experts, de.t_item, student.item_emb.weight, 0.5),
     ):
@@ -93,8 +93,9 @@ def test_rrd_formula_matches_permutation_probability():
     s_un = torch.randn(4, 3, generator=gen, dtype=torch.float64) * 2
     got = relaxed_ranking_loss(s_int, s_un)
     for r in range(4):
-        assert got[r].item() == pytest.approx(slow_rrd(s_int[r].tolist(), s_un[r].tolist()),
-                                              rel=1e-5)
+        assert got[r].item() == pytest.approx(
+            slow_rrd(s_int[r].tolist(), s_un[r].tolist()), rel=1e-5
+        )
 
 
 def test_rrd_stable_with_huge_scores():
@@ -134,9 +135,11 @@ def test_rrd_distiller_loss_and_sampling(setup):
     ref = 0.0
     with torch.no_grad():
         for u in sorted(set(batch.users.tolist())):
-            s = lambda j: float(student.user_emb.weight[u] @ student.item_emb.weight[j])  # noqa: E731
-            ref += slow_rrd([s(j) for j in rrd.interesting[u].tolist()],
-                            [s(j) for j in rrd.uninteresting[u].tolist()])
+            s = lambda j: float(student.user_emb.weight[u] @ student.item_emb.weight[j])  # noqa: E731, B023
+            ref += slow_rrd(
+                [s(j) for j in rrd.interesting[u].tolist()],
+                [s(j) for j in rrd.uninteresting[u].tolist()],
+            )
     assert got.item() == pytest.approx(ref, rel=1e-4)
 
 
@@ -167,14 +170,17 @@ def test_ir_rrd_item_side_matches_loop(setup):
     ir.on_epoch_start(student, 0, torch.Generator().manual_seed(0))
     users = torch.unique(batch.users)
     user_side = ir._user_side(student, users).item()
-    items = sorted(set(torch.cat([ir.interesting[users], ir.uninteresting[users]], 1)
-                       .flatten().tolist()))
+    items = sorted(
+        set(torch.cat([ir.interesting[users], ir.uninteresting[users]], 1).flatten().tolist())
+    )
     ref = 0.0
     with torch.no_grad():
         for i in items:
             s = lambda u: float(student.user_emb.weight[u] @ student.item_emb.weight[i])  # noqa: E731,B023
-            ref += slow_rrd([s(u) for u in ir.item_interesting[i].tolist()],
-                            [s(u) for u in ir.item_uninteresting[i].tolist()])
+            ref += slow_rrd(
+                [s(u) for u in ir.item_interesting[i].tolist()],
+                [s(u) for u in ir.item_uninteresting[i].tolist()],
+            )
     got = ir.loss(student, batch, 0).item()
     assert got == pytest.approx(user_side + 0.5 * ref, rel=1e-4)
 
@@ -205,8 +211,9 @@ def test_de_aux_parameter_count():
 # -- composition, gradients, frozen teacher ----------------------------------------------------
 def test_composition_equals_weighted_sum(setup):
     split, _, student, know, batch = setup
-    pairs = make_distillers("de+rrd", None, {"de": {"n_experts": 3}, "rrd": {"K": 3, "L": 4,
-                                                                             "N": 8}})
+    pairs = make_distillers(
+        "de+rrd", None, {"de": {"n_experts": 3}, "rrd": {"K": 3, "L": 4, "N": 8}}
+    )
     assert [(d.name, w) for d, w in pairs] == [("de", 0.01), ("rrd", 1e-3)]
     prepare_distillers(pairs, know, split, student=student, seed=0)
     for d, _ in pairs:
@@ -222,8 +229,9 @@ def test_composition_equals_weighted_sum(setup):
 def test_teacher_frozen_and_aux_get_gradients(setup):
     split, teacher, student, know, batch = setup
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    pairs = make_distillers("de+rrd", None, {"de": {"n_experts": 3}, "rrd": {"K": 3, "L": 4,
-                                                                             "N": 8}})
+    pairs = make_distillers(
+        "de+rrd", None, {"de": {"n_experts": 3}, "rrd": {"K": 3, "L": 4, "N": 8}}
+    )
     prepare_distillers(pairs, know, split, student=student)
     for d, _ in pairs:
         d.on_epoch_start(student, 0, torch.Generator().manual_seed(0))
@@ -235,11 +243,13 @@ def test_teacher_frozen_and_aux_get_gradients(setup):
     assert student.user_emb.weight.grad is not None
     # a short training run leaves the teacher untouched and counts aux parameters apart
     Trainer(
-        epochs=2, batch_size=16, eval_every=1, device="cpu", ks=[5, 10],
+        epochs=2,
+        batch_size=16,
+        eval_every=1,
+        device="cpu",
+        ks=[5, 10],
         selection_metric="recall@10",
-    ).fit(
-        student, split, distillers=pairs, progress=False
-    )
+    ).fit(student, split, distillers=pairs, progress=False)
     for k, v in teacher.state_dict().items():
         assert torch.equal(v, before[k])
     teacher_ids = {id(p) for p in teacher.parameters()}

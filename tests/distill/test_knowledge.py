@@ -45,8 +45,9 @@ def test_user_topk_masks_train_and_matches_bruteforce(tiny, tmp_path):
     assert torch.equal(got, brute_user_topk(teacher, split, 10))
     train = split.train.toarray()
     assert not any(train[u, i] for u in range(15) for i in got[u].tolist())
-    assert torch.equal(know.user_topk(10, mask_train=False),
-                       brute_user_topk(teacher, split, 10, mask=False))
+    assert torch.equal(
+        know.user_topk(10, mask_train=False), brute_user_topk(teacher, split, 10, mask=False)
+    )
 
 
 def test_item_topk_matches_bruteforce(tiny):
@@ -97,13 +98,17 @@ def test_embeddings_frozen(tiny):
 def test_npz_embedding_teacher(tiny, tmp_path):
     split, teacher = tiny
     path = tmp_path / "teacher.npz"
-    np.savez(path, user_embeddings=teacher.user_emb.weight.detach().numpy(),
-             item_embeddings=teacher.item_emb.weight.detach().numpy())
+    np.savez(
+        path,
+        user_embeddings=teacher.user_emb.weight.detach().numpy(),
+        item_embeddings=teacher.item_emb.weight.detach().numpy(),
+    )
     know = load_teacher(path, split)
     assert know.has_embeddings
     assert torch.equal(know.user_topk(6), brute_user_topk(teacher, split, 6))
-    pairs = make_distillers("de+rrd", None, {"de": {"n_experts": 2},
-                                             "rrd": {"K": 2, "L": 3, "N": 6}})
+    pairs = make_distillers(
+        "de+rrd", None, {"de": {"n_experts": 2}, "rrd": {"K": 2, "L": 3, "N": 6}}
+    )
     prepare_distillers(pairs, know, split, student=BPRMF(embedding_dim=3).build(15, 25))
 
 

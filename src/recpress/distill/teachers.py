@@ -86,9 +86,9 @@ def _from_run(p: Path, split: Split) -> Knowledge:
         expected = read_json(record).get("fingerprint")
         if expected and expected != split.fingerprint():
             raise ConfigError(
-                f"teacher {p} was trained on split {expected} "
+                f"teacher {p} was trained on a split with fingerprint {expected} "
                 f"({read_json(record).get('dataset')}, {read_json(record).get('protocol')}), "
-                f"but the student's split is {split.fingerprint()} "
+                f"but the student's split has fingerprint {split.fingerprint()} "
                 f"({split.dataset}, {split.protocol}): use a teacher of the same dataset/split",
                 field="distill.teacher",
             )

@@ -82,7 +82,10 @@ def ref_rd(student, lists, dyn, users, n_items, lam_a, mu, hybrid, renorm):
     total = 0.0
     k = lists.shape[1]
     for u in users:
-        sc = lambda i: float(student.score_items(torch.tensor([u]), torch.tensor([[int(i)]])))  # noqa: E731
+
+        def sc(i, u=u):
+            return float(student.score_items(torch.tensor([u]), torch.tensor([[int(i)]])))
+
         wa = [math.exp(-(r + 1) / lam_a) for r in range(k)]
         wa = [x / sum(wa) for x in wa]
         s = [sc(i) for i in lists[u]]

@@ -210,7 +210,7 @@ class UnKD(Distiller):
         # keep the first n_g draws of group g
         keep = torch.arange(m).unsqueeze(0) < torch.tensor(self.counts).unsqueeze(1)  # (G, m)
         pairs = torch.stack([pos_items, neg_items], -1)[:, keep]  # (U, Σ n_g, 2)
-        self.pairs = pairs.to(dev)
+        self.pairs = pairs.clamp(min=0).to(dev)  # invalid pairs (masked) point at item 0
         self.pair_valid = valid[:, keep].to(dev)
 
     def loss(self, student: Recommender, batch: TripletBatch, epoch: int) -> torch.Tensor:

@@ -319,7 +319,8 @@ class HTD(_TopologyBase):
             the group-assignment term (speed; 0 = exact dense mixture), see `mix_experts`.
         hidden_dim: expert hidden width (default ⌊(d_t + d_s)/2⌋).
         student_dim: d_s, if known at construction (else given to ``prepare``).
-        seed: seed of the expert initialisation.
+        seed: seed of the expert initialisation (default: the one given by ``bind_student``,
+            derived from the run seed).
     """
 
     name: ClassVar[str] = "htd"
@@ -337,7 +338,7 @@ class HTD(_TopologyBase):
         expert_threshold: float = 1e-7,
         hidden_dim: int | None = None,
         student_dim: int | None = None,
-        seed: int = 0,
+        seed: int | None = None,
     ) -> None:
         super().__init__()
         if preset not in HTD_PRESETS:
@@ -370,7 +371,8 @@ class HTD(_TopologyBase):
         self.tau_max_epochs = int(tau_max_epochs)
         self.expert_threshold = float(expert_threshold)
         self.hidden_dim = hidden_dim
-        self.seed = int(seed)
+        self.seed = None if seed is None else int(seed)
+        self._bound_seed = 0
         self.student_dim = int(student_dim) if student_dim is not None else None
         self.user_bank: ExpertBank | None = None
         self.item_bank: ExpertBank | None = None
@@ -391,6 +393,15 @@ class HTD(_TopologyBase):
             "student_dim": self.student_dim,
             "seed": self.seed,
         }
+
+    def bind_student(self, student: Recommender, seed: int = 0) -> None:
+        """Record the student width d_s (sizes the experts) and the seed of their init."""
+        dim = student.embedding_dim
+        if dim is None:
+            raise ValueError(
+                f"HTD needs a student with embeddings; {type(student).__name__} has none"
+            )
+        self.student_dim, self._bound_seed = int(dim), int(seed)
 
     def prepare(
         self,
@@ -416,7 +427,7 @@ class HTD(_TopologyBase):
 
     def build_experts(self, student_dim: int) -> None:
         """Create the user- and item-side group experts and assignment networks."""
-        g = torch.Generator().manual_seed(self.seed)
+        g = torch.Generator().manual_seed(self._bound_seed if self.seed is None else self.seed)
         d_t = self.teacher_dim
         self.user_bank = ExpertBank(self.n_groups, student_dim, d_t, self.hidden_dim, g)
         self.item_bank = ExpertBank(self.n_groups, student_dim, d_t, self.hidden_dim, g)

@@ -1,0 +1,877 @@
+"""Sweep reports: report.md + a self-contained report.html (PNG figures embedded as base64).
+
+Contents:
+
+* one table per student dim: mean ± std over seeds of the test metric, for the fixed-epoch result
+  (last evaluation) and the validation-selected one (evaluation with the best validation metric,
+  same run, see `recpress.experiments.sweep`), best in bold, the difference to the no-KD student
+  and a two-sided paired t-test on per-user test values (saved weights, per-user values averaged
+  over seeds) vs the no-KD student; the authors' logged numbers as reference columns;
+* test metric vs epoch, one panel per student dim (teacher / student / FTD / HTD, mean ± std);
+* accuracy vs size: inference parameters and measured scoring latency;
+* training seconds per epoch per method (FTD / HTD next to the no-KD student);
+* the two Topology Distillation claims (methods.md §6), each "holds" / "does not hold" with the
+  numbers that decide it;
+* the runs that are missing or unfinished (an incomplete sweep reports what is there).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recpress.experiments.rundir import METRICS, read_json, write_json, write_text
+from recpress.experiments.sweep import SweepConfig, plan, read_sweep
+from recpress.training.trainer import CHECKPOINT, HISTORY
+
+#: authors' logged test Recall@50 of the TD reference experiment (methods.md §5.a), epochs 0..100
+TD_LOG_EPOCHS = list(range(0, 101, 10))
+TD_LOG: dict[tuple[int | None, str], list[float]] = {
+    (None, "teacher"): [
+        0.0918,
+        0.2198,
+        0.2543,
+        0.2681,
+        0.2884,
+        0.2974,
+        0.3002,
+        0.3116,
+        0.3066,
+        0.3062,
+        0.3123,
+    ],  # noqa: E501
+    (10, "none"): [
+        0.0293,
+        0.1175,
+        0.1303,
+        0.1416,
+        0.1485,
+        0.1552,
+        0.1604,
+        0.1665,
+        0.1701,
+        0.1759,
+        0.1788,
+    ],
+    (10, "ftd"): [
+        0.0910,
+        0.1577,
+        0.1372,
+        0.1496,
+        0.1684,
+        0.1834,
+        0.1941,
+        0.2008,
+        0.2025,
+        0.2066,
+        0.2112,
+    ],
+    (10, "htd"): [
+        0.0634,
+        0.1625,
+        0.1882,
+        0.2064,
+        0.2125,
+        0.2186,
+        0.2225,
+        0.2238,
+        0.2263,
+        0.2276,
+        0.2282,
+    ],
+    (20, "none"): [
+        0.0374,
+        0.1255,
+        0.1508,
+        0.1700,
+        0.1857,
+        0.1941,
+        0.2077,
+        0.2129,
+        0.2171,
+        0.2226,
+        0.2276,
+    ],
+    (20, "ftd"): [
+        0.1295,
+        0.1774,
+        0.1874,
+        0.2094,
+        0.2255,
+        0.2353,
+        0.2407,
+        0.2441,
+        0.2500,
+        0.2502,
+        0.2516,
+    ],
+    (20, "htd"): [
+        0.1050,
+        0.1962,
+        0.2240,
+        0.2418,
+        0.2504,
+        0.2552,
+        0.2596,
+        0.2700,
+        0.2686,
+        0.2732,
+        0.2744,
+    ],
+    (100, "none"): [
+        0.0690,
+        0.1933,
+        0.2309,
+        0.2493,
+        0.2648,
+        0.2738,
+        0.2786,
+        0.2870,
+        0.2909,
+        0.2979,
+        0.2976,
+    ],
+    (100, "ftd"): [
+        0.1826,
+        0.2439,
+        0.2774,
+        0.2924,
+        0.3020,
+        0.3064,
+        0.3125,
+        0.3106,
+        0.3114,
+        0.3098,
+        0.3116,
+    ],
+    (100, "htd"): [
+        0.1602,
+        0.2376,
+        0.2684,
+        0.2801,
+        0.2909,
+        0.2970,
+        0.3033,
+        0.3058,
+        0.3083,
+        0.3089,
+        0.3116,
+    ],
+    (200, "none"): [
+        0.0945,
+        0.2192,
+        0.2516,
+        0.2767,
+        0.2868,
+        0.2978,
+        0.3031,
+        0.3068,
+        0.3050,
+        0.3116,
+        0.3152,
+    ],
+    (200, "ftd"): [
+        0.1897,
+        0.2640,
+        0.2987,
+        0.3039,
+        0.3091,
+        0.3127,
+        0.3114,
+        0.3154,
+        0.3135,
+        0.3123,
+        0.3175,
+    ],
+    (200, "htd"): [
+        0.1542,
+        0.2499,
+        0.2750,
+        0.2912,
+        0.3010,
+        0.3117,
+        0.3152,
+        0.3165,
+        0.3146,
+        0.3181,
+        0.3200,
+    ],
+}
+SELECTION_LABEL = {"fixed_epochs": "fixed epochs (last)", "best_valid": "validation-selected"}
+PER_USER_FILE = "per_user_test.npz"
+
+
+@dataclass
+class RunResult:
+    """What the report reads from one finished run directory."""
+
+    dim: int | None
+    method: str
+    seed: int | None
+    path: Path
+    curve_epochs: list[int] = field(default_factory=list)
+    curve: list[float] = field(default_factory=list)
+    results: dict[str, dict[str, float]] = field(default_factory=dict)  # selection → test metrics
+    selected_epoch: dict[str, int] = field(default_factory=dict)
+    seconds_per_epoch: float = float("nan")
+    parameters: int = 0
+    aux_parameters: int = 0
+
+
+def _float(x: str) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def read_run(path: Path, metric: str, dim, method, seed) -> RunResult:
+    """Both selections and the test curve of a finished run, from history.csv + metrics.json."""
+    metrics = read_json(path / METRICS)
+    with open(path / HISTORY, newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get(f"valid_{metric}") not in (None, "")]
+    res = RunResult(dim, method, seed, path)
+    res.seconds_per_epoch = float(metrics.get("seconds_per_epoch", float("nan")))
+    res.parameters = int(metrics.get("parameters", 0))
+    res.aux_parameters = int(metrics.get("aux_parameters", 0))
+    test_rows = [r for r in rows if r.get(f"test_{metric}") not in (None, "")]
+    res.curve_epochs = [int(r["epoch"]) for r in test_rows]
+    res.curve = [_float(r[f"test_{metric}"]) for r in test_rows]
+
+    def tests(row) -> dict[str, float]:
+        return {k[5:]: _float(v) for k, v in row.items() if k.startswith("test_") and v != ""}
+
+    if test_rows:
+        last = test_rows[-1]
+        res.results["fixed_epochs"] = tests(last)
+        res.selected_epoch["fixed_epochs"] = int(last["epoch"])
+        best = max(test_rows, key=lambda r: (_float(r[f"valid_{metric}"]), -int(r["epoch"])))
+        res.results["best_valid"] = tests(best)
+        res.selected_epoch["best_valid"] = int(best["epoch"])
+    return res
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    arr = np.asarray(values, dtype=np.float64)
+    return float(arr.mean()), float(arr.std(ddof=1)) if arr.size > 1 else float("nan")
+
+
+def _fmt(mean: float, std: float, n: int) -> str:
+    if n <= 1 or math.isnan(std):
+        return f"{mean:.4f}"
+    return f"{mean:.4f} ± {std:.4f}"
+
+
+# ---------------------------------------------------------------------------------------------
+def collect(cfg: SweepConfig, sweep_dir: Path) -> tuple[dict, list[dict]]:
+    """Finished runs by (dim, method) (teacher under (None, "teacher")) and the missing runs."""
+    metric = cfg.report.metric
+    found: dict[tuple[int | None, str], list[RunResult]] = defaultdict(list)
+    missing: list[dict] = []
+    for spec in plan(cfg, sweep_dir):
+        key = (spec.dim, "teacher" if spec.is_teacher else spec.method)
+        if (spec.path / METRICS).is_file() and (spec.path / HISTORY).is_file():
+            found[key].append(read_run(spec.path, metric, spec.dim, key[1], spec.seed))
+            continue
+        state = "not started"
+        if (spec.path / CHECKPOINT).is_file() or (spec.path / HISTORY).is_file():
+            done = 0
+            if (spec.path / HISTORY).is_file():
+                with open(spec.path / HISTORY) as fh:
+                    done = max(sum(1 for _ in fh) - 1, 0)
+            state = f"interrupted after {done} epochs (rerun the sweep to resume)"
+        missing.append({"run": spec.label, "path": str(spec.path), "state": state})
+    return dict(found), missing
+
+
+def _per_user(run: RunResult, metric: str, split) -> np.ndarray | None:
+    """Per-user test values of the saved weights (cached in the run directory)."""
+    cache = run.path / PER_USER_FILE
+    if cache.is_file():
+        with np.load(cache) as z:
+            if metric in z.files:
+                return z[metric]
+    try:
+        import torch
+
+        from recpress.evaluation import evaluate
+        from recpress.experiments.run import load_run
+
+        config, model, split = load_run(run.path, split=split)
+        k = int(metric.partition("@")[2])
+        with torch.no_grad():
+            res = evaluate(model, split, ks=[k], phase="test", per_user=True)
+        values = np.asarray(res.per_user[metric], dtype=np.float64)
+        tmp = run.path / f".{PER_USER_FILE}.tmp.npz"
+        np.savez(tmp, **{metric: values, "users": np.asarray(res.users)})
+        tmp.replace(cache)
+        return values
+    except Exception:  # a run without weights, or data not found: skip its test
+        return None
+
+
+def paired_tests(found: dict, metric: str, split) -> dict[tuple[int, str], dict]:
+    """Paired t-test (per-user values averaged over common seeds) of each method vs "none"."""
+    from recpress.evaluation.stats import paired_ttest
+
+    out: dict[tuple[int, str], dict] = {}
+    dims = sorted({d for d, _ in found if d is not None})
+    for dim in dims:
+        base = {r.seed: r for r in found.get((dim, "none"), [])}
+        if not base:
+            continue
+        base_cache: dict[int, np.ndarray | None] = {}
+        for (d, method), runs in found.items():
+            if d != dim or method == "none":
+                continue
+            seeds = [r.seed for r in runs if r.seed in base]
+            if not seeds:
+                continue
+            a, b = [], []
+            for r in runs:
+                if r.seed not in base:
+                    continue
+                va = _per_user(r, metric, split)
+                if r.seed not in base_cache:
+                    base_cache[r.seed] = _per_user(base[r.seed], metric, split)
+                vb = base_cache[r.seed]
+                if va is None or vb is None or va.shape != vb.shape:
+                    continue
+                a.append(va)
+                b.append(vb)
+            if not a:
+                continue
+            t = paired_ttest(np.mean(a, axis=0), np.mean(b, axis=0))
+            out[(dim, method)] = {"t": t.t, "p": t.p, "diff": t.mean_diff, "n_users": t.n}
+    return out
+
+
+def measure_latency(found: dict, split, n_users: int = 1024, k: int = 50) -> dict[int, dict]:
+    """Full-catalogue scoring + top-k latency per student dim (ms per batch of users), CPU."""
+    import torch
+
+    from recpress.experiments.run import load_run
+
+    out: dict[int, dict] = {}
+    keys = sorted({d for d, _ in found if d is not None}) + [None]
+    for dim in keys:
+        runs = [r for (d, _), rs in found.items() if d == dim for r in rs]
+        if not runs:
+            continue
+        try:
+            _, model, split = load_run(runs[0].path, split=split)
+        except Exception:
+            continue
+        model.eval()
+        users = torch.arange(min(n_users, split.n_users))
+        times = []
+        with torch.no_grad():
+            for rep in range(4):
+                t0 = time.perf_counter()
+                torch.topk(model.score(users), k, dim=1)
+                if rep:
+                    times.append(time.perf_counter() - t0)
+        out[dim if dim is not None else -1] = {
+            "ms_per_batch": 1e3 * float(np.median(times)),
+            "batch_users": int(users.numel()),
+            "parameters": model.num_parameters(),
+            "threads": torch.get_num_threads(),
+        }
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+def summarize(cfg: SweepConfig, found: dict) -> dict:
+    """Mean/std/n per (dim, method, selection) of the report metric, and timing."""
+    metric = cfg.report.metric
+    table: dict = {}
+    for (dim, method), runs in found.items():
+        entry: dict[str, Any] = {"seeds": sorted(r.seed for r in runs if r.seed is not None)}
+        for sel in SELECTION_LABEL:
+            vals = [r.results[sel][metric] for r in runs if sel in r.results]
+            if vals:
+                m, s = _mean_std(vals)
+                entry[sel] = {"mean": m, "std": s, "n": len(vals), "values": vals}
+                entry[f"{sel}_epochs"] = [r.selected_epoch.get(sel) for r in runs]
+        entry["seconds_per_epoch"] = float(np.mean([r.seconds_per_epoch for r in runs]))
+        entry["parameters"] = runs[0].parameters
+        entry["aux_parameters"] = runs[0].aux_parameters
+        table[(dim, method)] = entry
+    return table
+
+
+def _get(table, dim, method, sel):
+    e = table.get((dim, method), {}).get(sel)
+    return e
+
+
+def check_claims(cfg: SweepConfig, table: dict, htd_method: str, sel: str) -> list[dict]:
+    """methods.md §6 claims under one selection, for one HTD arm."""
+    t_dim = cfg.teacher.model.embedding_dim
+    dims = sorted({d for d, _ in table if d is not None})
+    small = [d for d in dims if d / t_dim <= 0.1 + 1e-9]
+    large = [d for d in dims if d / t_dim >= 0.5 - 1e-9]
+    out: list[dict] = []
+
+    def cell(dim, method):
+        return _get(table, dim, method, sel)
+
+    # claim 1
+    lines, ok, decided = [], True, bool(small)
+    for d in small:
+        h, f, s = cell(d, htd_method), cell(d, "ftd"), cell(d, "none")
+        if not (h and f and s):
+            decided = False
+            lines.append(f"d={d}: runs missing")
+            continue
+        pooled = math.sqrt((h["std"] ** 2 + f["std"] ** 2) / 2) if h["n"] > 1 else float("nan")
+        gap = h["mean"] - f["mean"]
+        order = h["mean"] > f["mean"] > s["mean"]
+        margin = gap > 2 * pooled if not math.isnan(pooled) else False
+        ok &= order and margin
+        lines.append(
+            f"d={d} (φ={d / t_dim:.2f}): HTD {h['mean']:.4f} vs FTD {f['mean']:.4f} vs student "
+            f"{s['mean']:.4f}; HTD−FTD = {gap:+.4f}, 2×pooled std = "
+            f"{2 * pooled:.4f} → order {'kept' if order else 'broken'}, margin "
+            f"{'met' if margin else 'not met'}"
+        )
+    out.append(
+        {
+            "claim": "HTD best when the student is tiny (φ ≤ 0.1): HTD > FTD > student, "
+            "HTD − FTD > 2 × pooled std",
+            "verdict": ("holds" if ok else "does not hold") if decided else "undecided",
+            "evidence": lines,
+        }
+    )
+    # claim 2
+    deltas, lines, decided = {}, [], bool(small and large)
+    for d in small + large:
+        h, f = cell(d, htd_method), cell(d, "ftd")
+        if not (h and f):
+            decided = False
+            lines.append(f"d={d}: runs missing")
+            continue
+        pooled = math.sqrt((h["std"] ** 2 + f["std"] ** 2) / 2) if h["n"] > 1 else float("nan")
+        deltas[d] = (h["mean"] - f["mean"], pooled)
+    ok = decided
+    if decided:
+        small_min = min(deltas[d][0] for d in small)
+        large_max = max(deltas[d][0] for d in large)
+        collapse = large_max < small_min
+        lines.append(
+            "Δ = HTD − FTD: "
+            + ", ".join(f"d={d}: {deltas[d][0]:+.4f}" for d in small + large)
+            + f"; max Δ(φ≥0.5) = {large_max:+.4f} {'<' if collapse else '≥'} min Δ(φ≤0.1) = "
+            f"{small_min:+.4f}"
+        )
+        ok = collapse
+        for d in large:
+            f, s = cell(d, "ftd"), cell(d, "none")
+            ftd_ok = bool(s) and f["mean"] >= s["mean"]
+            delta, pooled = deltas[d]
+            noise = not math.isnan(pooled) and abs(delta) <= 2 * pooled
+            ok &= ftd_ok and noise
+            lines.append(
+                f"d={d}: FTD {f['mean']:.4f} {'≥' if ftd_ok else '<'} student "
+                f"{s['mean'] if s else float('nan'):.4f}; |Δ| = {abs(delta):.4f} "
+                f"{'≤' if noise else '>'} 2×pooled std {2 * pooled:.4f}"
+            )
+    out.append(
+        {
+            "claim": "FTD gains as the gap shrinks: Δ(φ≥0.5) < Δ(φ≤0.1), FTD ≥ student at "
+            "φ ≥ 0.5, |Δ| within seed noise there",
+            "verdict": ("holds" if ok else "does not hold") if decided else "undecided",
+            "evidence": lines,
+        }
+    )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+def _figure_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def plot_curves(cfg: SweepConfig, found: dict, reference: bool) -> bytes | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dims = sorted({d for d, _ in found if d is not None})
+    if not dims and (None, "teacher") not in found:
+        return None
+    dims = dims or [None]
+    fig, axes = plt.subplots(1, len(dims), figsize=(4.2 * len(dims), 3.6), squeeze=False)
+    colors = {"teacher": "black", "none": "tab:gray", "ftd": "tab:blue", "htd": "tab:red"}
+    metric = cfg.report.metric
+    for ax, dim in zip(axes[0], dims, strict=True):
+        series = [(None, "teacher")] + [(dim, m) for m in cfg.report.curve_methods]
+        for key in series:
+            runs = found.get(key, [])
+            label = (
+                {"none": "student"}.get(key[1], key[1]).upper() if key[1] != "none" else "student"
+            )
+            color = colors.get(key[1])
+            if runs:
+                n = min(len(r.curve) for r in runs)
+                if n:
+                    ys = np.array([r.curve[:n] for r in runs])
+                    xs = runs[0].curve_epochs[:n]
+                    ax.plot(xs, ys.mean(0), label=f"{label} (ours, n={len(runs)})", color=color)
+                    if len(runs) > 1:
+                        ax.fill_between(
+                            xs,
+                            ys.mean(0) - ys.std(0),
+                            ys.mean(0) + ys.std(0),
+                            color=color,
+                            alpha=0.15,
+                        )
+            log = TD_LOG.get((key[0], key[1])) if reference else None
+            if log is not None:
+                ax.plot(TD_LOG_EPOCHS, log, ls="--", lw=1, color=color, label=f"{label} (log)")
+        ax.set_title(f"student d = {dim}" if dim else "teacher")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"test {metric}")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return _figure_png(fig)
+
+
+def plot_size(cfg: SweepConfig, table: dict, latency: dict, sel: str) -> bytes | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = cfg.students.methods
+    dims = sorted({d for d, _ in table if d is not None})
+    if not dims:
+        return None
+    panels = 2 if latency else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 3.8), squeeze=False)
+    for pi, ax in enumerate(axes[0]):
+        for m in methods:
+            pts = []
+            for d in dims:
+                e = _get(table, d, m, sel)
+                if not e:
+                    continue
+                x = (
+                    table[(d, m)]["parameters"]
+                    if pi == 0
+                    else latency.get(d, {}).get("ms_per_batch")
+                )
+                if x:
+                    pts.append((x, e["mean"], e["std"] if e["n"] > 1 else 0.0))
+            if pts:
+                xs, ys, es = zip(*pts, strict=True)
+                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=2, label=m)
+        t = _get(table, None, "teacher", sel)
+        if t:
+            x = (
+                table[(None, "teacher")]["parameters"]
+                if pi == 0
+                else latency.get(-1, {}).get("ms_per_batch")
+            )
+            if x:
+                ax.scatter([x], [t["mean"]], marker="*", s=150, color="black", label="teacher")
+        ax.set_xscale("log")
+        if pi == 0:
+            ax.set_xlabel("inference parameters")
+        else:
+            n = next(iter(latency.values()))["batch_users"]
+            ax.set_xlabel(f"scoring latency, ms per {n} users (full catalogue + top-50, CPU)")
+        ax.set_ylabel(f"test {cfg.report.metric} ({SELECTION_LABEL[sel]})")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    return _figure_png(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+def build_report(
+    sweep_dir: str | Path, paired: bool = True, latency: bool = True
+) -> tuple[str, dict[str, bytes], dict]:
+    """Markdown text, figures (name → PNG bytes) and the numbers (JSON-able) of a sweep."""
+    sweep_dir = Path(sweep_dir)
+    cfg = read_sweep(sweep_dir)
+    metric = cfg.report.metric
+    found, missing = collect(cfg, sweep_dir)
+    table = summarize(cfg, found)
+    reference = cfg.report.reference == "td-citeulike" and metric == "recall@50"
+    split = None
+    if found and (paired or (latency and cfg.report.latency)):
+        try:
+            from recpress.experiments.run import load_split_for
+
+            split = load_split_for(plan(cfg, sweep_dir)[0].config)
+        except Exception:
+            split = None
+    tests = paired_tests(found, metric, split) if paired and split is not None else {}
+    lat = measure_latency(found, split) if latency and cfg.report.latency and split else {}
+    sels = list(cfg.report.selections)
+    htd_arms = [
+        m
+        for m in cfg.students.methods
+        if m == "htd" or cfg.students.arms.get(m, None) and cfg.students.arms[m].method == "htd"
+    ]
+
+    md: list[str] = [f"# Sweep report: {cfg.name}", ""]
+    n_total = len(plan(cfg, sweep_dir))
+    md += [
+        f"Sweep directory `{sweep_dir}`; {n_total - len(missing)} of {n_total} runs finished. "
+        f"Metric: test {metric}, mean ± std over seeds {cfg.students.seeds}. "
+        "Selections: "
+        + ", ".join(
+            {
+                "fixed_epochs": "**fixed epochs** = the last evaluation (the authors' protocol)",
+                "best_valid": f"**validation-selected** = the evaluation with the best validation "
+                f"{metric} (same run)",
+            }[s]
+            for s in sels
+        )
+        + ". Best mean per column in bold. Δ and p: difference to the no-KD student and a "
+        "two-sided paired t-test on per-user test values of the saved (final) weights, averaged "
+        "over seeds.",
+        "",
+    ]
+    kd = cfg.students
+    md += [
+        f"Teacher: {cfg.teacher.model.name} d={cfg.teacher.model.embedding_dim}. "
+        f"KD weights λ (sum reduction, as the references): {kd.weights or 'method defaults'}; "
+        f"params: {kd.params or 'defaults'}; arms: "
+        f"{ {k: v.model_dump() for k, v in kd.arms.items()} or 'none' }.",
+        "",
+    ]
+    t = table.get((None, "teacher"))
+    if t:
+        parts = [f"{SELECTION_LABEL[s]} {t[s]['mean']:.4f}" for s in sels if s in t]
+        ref = f" (authors' log: {TD_LOG[(None, 'teacher')][-1]:.4f})" if reference else ""
+        md += [f"**Teacher**: test {metric} " + ", ".join(parts) + ref, ""]
+
+    reached: list[str] = []
+    dims = sorted({d for d, _ in table if d is not None})
+    for dim in dims:
+        md += [f"## Student d = {dim} (φ = {dim / cfg.teacher.model.embedding_dim:.2f})", ""]
+        header = ["method", "seeds"] + [SELECTION_LABEL[s] for s in sels] + ["Δ vs none", "p"]
+        if reference:
+            header += ["authors' log (ep. 100)", "≥ log?"]
+        header += ["s/epoch", "aux params"]
+        md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        best = {
+            s: max(
+                (table[(dim, m)][s]["mean"] for m in kd.methods if s in table.get((dim, m), {})),
+                default=None,
+            )
+            for s in sels
+        }
+        for m in kd.methods:
+            e = table.get((dim, m))
+            if not e:
+                md.append(f"| {m} | 0 | " + " | ".join("—" for _ in header[2:]) + " |")
+                continue
+            cells = [m, str(len(e["seeds"]))]
+            for s in sels:
+                if s not in e:
+                    cells.append("—")
+                    continue
+                text = _fmt(e[s]["mean"], e[s]["std"], e[s]["n"])
+                cells.append(f"**{text}**" if e[s]["mean"] == best[s] else text)
+            tt = tests.get((dim, m))
+            cells.append(f"{tt['diff']:+.4f}" if tt else "—")
+            cells.append(f"{tt['p']:.2g}" if tt and not math.isnan(tt["p"]) else "—")
+            if reference:
+                log = TD_LOG.get((dim, m))
+                fixed = e.get("fixed_epochs")
+                if log is not None and fixed:
+                    ok = fixed["mean"] >= log[-1]
+                    reached.append(
+                        f"d={dim} {m}: ours {fixed['mean']:.4f} vs log {log[-1]:.4f} "
+                        f"({'reached' if ok else 'NOT reached'})"
+                    )
+                    cells += [f"{log[-1]:.4f}", "yes" if ok else "**no**"]
+                else:
+                    cells += ["—", "—"]
+            cells += [f"{e['seconds_per_epoch']:.3f}", f"{e['aux_parameters']:,}"]
+            md.append("| " + " | ".join(cells) + " |")
+        md.append("")
+
+    figures: dict[str, bytes] = {}
+    curves = plot_curves(cfg, found, reference)
+    if curves:
+        figures["curves.png"] = curves
+        md += [
+            f"## Test {metric} vs epoch",
+            "",
+            "Mean over seeds (band: ± std); dashed: the authors' log." if reference else "",
+            "",
+            "![curves](report_assets/curves.png)",
+            "",
+        ]
+    size = plot_size(cfg, table, lat, sels[0]) if table else None
+    if size:
+        figures["size.png"] = size
+        md += ["## Accuracy vs size", "", "![size](report_assets/size.png)", ""]
+        if lat:
+            md += [
+                "| model | parameters | ms per batch | users per batch | threads |",
+                "|---|---|---|---|---|",
+            ]
+            for d, v in sorted(lat.items()):
+                name = "teacher" if d == -1 else f"student d={d}"
+                md.append(
+                    f"| {name} | {v['parameters']:,} | {v['ms_per_batch']:.1f} | "
+                    f"{v['batch_users']} | {v['threads']} |"
+                )
+            md.append("")
+
+    # timing
+    md += ["## Training time per epoch (s, mean over seeds)", ""]
+    md += [
+        "| method | " + " | ".join(f"d={d}" for d in dims) + " |",
+        "|" + "---|" * (len(dims) + 1),
+    ]
+    for m in kd.methods:
+        row = [
+            f"{table[(d, m)]['seconds_per_epoch']:.3f}" if (d, m) in table else "—" for d in dims
+        ]
+        md.append(f"| {m} | " + " | ".join(row) + " |")
+    if t:
+        md.append(f"\nTeacher: {t['seconds_per_epoch']:.3f} s/epoch.")
+    md.append("")
+
+    claims: dict[str, list[dict]] = {}
+    if cfg.report.claims and htd_arms:
+        md += ["## Claims (methods.md §6)", ""]
+        for arm in htd_arms:
+            flags = kd.arms[arm].params.get("htd") if arm in kd.arms else kd.params.get("htd")
+            for s in sels:
+                res = check_claims(cfg, table, arm, s)
+                claims[f"{arm}/{s}"] = res
+                md += [
+                    f"### HTD arm `{arm}` (params {flags or 'defaults'}), {SELECTION_LABEL[s]}",
+                    "",
+                ]
+                for c in res:
+                    md.append(f"* **{c['claim']}: {c['verdict'].upper()}**")
+                    md += [f"  * {line}" for line in c["evidence"]]
+                md.append("")
+    if reached:
+        md += ["## Authors' logged table (test Recall@50 at epoch 100) vs our fixed-epoch mean", ""]
+        md += [f"* {r}" for r in reached] + [""]
+    md += ["## Missing runs", ""]
+    if missing:
+        md += [f"* {m['run']} — {m['state']} (`{m['path']}`)" for m in missing]
+        md += [
+            "",
+            "Rerun the same `recpress sweep` command to train them (finished runs are skipped).",
+        ]
+    else:
+        md.append("None: the sweep is complete.")
+    md.append("")
+    numbers = {
+        "table": {f"{d}/{m}": v for (d, m), v in table.items()},
+        "paired_tests": {f"{d}/{m}": v for (d, m), v in tests.items()},
+        "latency": {str(k): v for k, v in lat.items()},
+        "claims": claims,
+        "reference_cells": reached,
+        "missing": missing,
+    }
+    return "\n".join(md), figures, numbers
+
+
+def _html(markdown_text: str, figures: dict[str, bytes], title: str) -> str:
+    """A minimal self-contained HTML rendering (tables, headings, lists, embedded images)."""
+    import re
+
+    def inline(s: str) -> str:
+        s = html.escape(s)
+        s = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", s)
+        return re.sub(r"`(.+?)`", r"<code>\1</code>", s)
+
+    out, in_table, in_list = [], False, False
+    for line in markdown_text.splitlines():
+        img = re.match(r"!\[(.*?)\]\(report_assets/(.+?)\)", line)
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if all(set(c) <= set("-") for c in cells):
+                continue
+            if not in_table:
+                out.append("<table>")
+                out.append("<tr>" + "".join(f"<th>{inline(c)}</th>" for c in cells) + "</tr>")
+                in_table = True
+            else:
+                out.append("<tr>" + "".join(f"<td>{inline(c)}</td>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            out.append("</table>")
+            in_table = False
+        if line.lstrip().startswith("* "):
+            if not in_list:
+                out.append("<ul>")
+                in_list = True
+            indent = "style='margin-left:2em'" if line.startswith("  ") else ""
+            out.append(f"<li {indent}>{inline(line.strip()[2:])}</li>")
+            continue
+        if in_list:
+            out.append("</ul>")
+            in_list = False
+        if img and img.group(2) in figures:
+            data = base64.b64encode(figures[img.group(2)]).decode()
+            out.append(f"<img alt='{img.group(1)}' src='data:image/png;base64,{data}'>")
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{inline(line[level:].strip())}</h{level}>")
+        elif line.strip():
+            out.append(f"<p>{inline(line)}</p>")
+    if in_table:
+        out.append("</table>")
+    if in_list:
+        out.append("</ul>")
+    style = (
+        "body{font-family:sans-serif;max-width:1200px;margin:2em auto}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;"
+        "text-align:right}th{background:#f0f0f0}img{max-width:100%}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n"
+    )
+
+
+def write_report(sweep_dir: str | Path, paired: bool = True, latency: bool = True) -> dict:
+    """Write report.md (+ report_assets/*.png), report.html (self-contained) and report.json."""
+    sweep_dir = Path(sweep_dir)
+    text, figures, numbers = build_report(sweep_dir, paired=paired, latency=latency)
+    assets = sweep_dir / "report_assets"
+    assets.mkdir(exist_ok=True)
+    for name, data in figures.items():
+        tmp = assets / f".{name}.tmp"
+        tmp.write_bytes(data)
+        tmp.replace(assets / name)
+    write_text(sweep_dir / "report.md", text)
+    write_text(sweep_dir / "report.html", _html(text, figures, f"RecPress report {sweep_dir.name}"))
+    write_json(sweep_dir / "report.json", json.loads(json.dumps(numbers, default=str)))
+    return {
+        "md": sweep_dir / "report.md",
+        "html": sweep_dir / "report.html",
+        "missing": len(numbers["missing"]),
+    }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class TrainConfig(BaseModel):
@@ -63,3 +63,12 @@ class TrainConfig(BaseModel):
         if device not in ("auto", "cpu") and not device.startswith("cuda"):
             raise ValueError("device must be auto, cpu, cuda or cuda:N")
         return device
+
+    @model_validator(mode="after")
+    def _metric_k_is_evaluated(self) -> TrainConfig:
+        k = int(self.selection_metric.partition("@")[2])
+        if k not in self.ks:
+            raise ValueError(
+                f"selection_metric {self.selection_metric} needs K={k} in ks (ks = {self.ks})"
+            )
+        return self

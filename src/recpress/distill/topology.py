@@ -123,6 +123,35 @@ def _group_layout(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int
     return inverse, counts, int(counts.numel())
 
 
+def _group_blocks(
+    inverse: torch.Tensor, counts: torch.Tensor
+) -> list[tuple[torch.Tensor, torch.Tensor, int, int]]:
+    """Padded block layout of same-group pairs, groups bucketed by size (powers of two).
+
+    Returns, per size bucket, (entity indices, flat slots, number of groups, padded size m):
+    entity ``idx[r]`` goes to slot ``slot[r]`` of a (groups·m, d) buffer viewed as (groups, m, d).
+    Padding to the bucket's largest group costs at most 4× the exact Σ n_g² pairs, and there are
+    at most log2(n) buckets (one batched matmul each).
+    """
+    n = inverse.shape[0]
+    device = inverse.device
+    order = torch.argsort(inverse, stable=True)
+    sorted_groups = inverse[order]
+    starts = torch.cumsum(counts, 0) - counts
+    pos = torch.arange(n, device=device) - starts[sorted_groups]
+    bucket = torch.floor(torch.log2(counts.double())).long()
+    blocks = []
+    for b in torch.unique(bucket).tolist():
+        members = torch.nonzero(bucket == b).flatten()
+        local = torch.full_like(counts, -1)
+        local[members] = torch.arange(members.numel(), device=device)
+        sel = local[sorted_groups] >= 0
+        m = int(counts[members].max())
+        slot = local[sorted_groups[sel]] * m + pos[sel]
+        blocks.append((order[sel], slot, int(members.numel()), m))
+    return blocks
+
+
 def htd_entity_loss(
     student: torch.Tensor,
     teacher_normed: torch.Tensor,
@@ -132,37 +161,30 @@ def htd_entity_loss(
     """L_ent = Σ over same-group pairs (a, b) of (cos(e^s_a, e^s_b) − cos(e^t_a, e^t_b))².
 
     ``pair_filter="teacher_positive"`` keeps only pairs whose teacher cosine is > 0 (reference).
-    Pairs are computed block by block (entities sorted by group, padded to the largest group,
-    one batched matmul), so the cost is G·m² instead of n² when groups are balanced; a dense
-    masked n×n computation is used when that is cheaper.
+    Only same-group pairs are computed (no n×n matrix): entities are sorted by group and padded
+    into blocks (`_group_blocks`), one batched matmul per size bucket. Padded slots are zero rows
+    on both sides (cosine 0), so they add nothing, and are excluded by the teacher-positive
+    filter.
     """
     if pair_filter not in ("all", "teacher_positive"):
         raise ValueError(f"pair_filter must be 'all' or 'teacher_positive', got {pair_filter!r}")
     ns = _normalize(student)
     nt = teacher_normed.to(ns.dtype)
-    inverse, counts, n_groups = _group_layout(groups)
-    n = ns.shape[0]
-    m = int(counts.max())
-    if n_groups * m * m >= n * n:  # very unbalanced groups: dense masked computation
-        same = inverse[:, None] == inverse[None, :]
-        at = nt @ nt.T
-        mask = same & (at > 0) if pair_filter == "teacher_positive" else same
-        diff = ns @ ns.T - at
-        return (diff.square() * mask).sum()
-    order = torch.argsort(inverse, stable=True)
-    starts = torch.cumsum(counts, 0) - counts
-    sorted_groups = inverse[order]
-    slot = sorted_groups * m + (torch.arange(n, device=ns.device) - starts[sorted_groups])
-    ps = ns.new_zeros(n_groups * m, ns.shape[1]).index_copy(0, slot, ns[order])
-    pt = nt.new_zeros(n_groups * m, nt.shape[1]).index_copy(0, slot, nt[order])
-    ps = ps.view(n_groups, m, -1)
-    pt = pt.view(n_groups, m, -1)
-    with torch.no_grad():
-        bt = torch.bmm(pt, pt.transpose(1, 2))
-    diff = torch.bmm(ps, ps.transpose(1, 2)) - bt
-    if pair_filter == "teacher_positive":  # padded slots have teacher cosine 0: excluded
-        return (diff.square() * (bt > 0)).sum()
-    return diff.square().sum()  # padded slots are zero rows on both sides: contribute 0
+    inverse, counts, _ = _group_layout(groups)
+    total = ns.new_zeros(())
+    for idx, slot, n_blocks, m in _group_blocks(inverse, counts):
+        ps = ns.new_zeros(n_blocks * m, ns.shape[1]).index_copy(0, slot, ns[idx])
+        ps = ps.view(n_blocks, m, -1)
+        with torch.no_grad():
+            pt = nt.new_zeros(n_blocks * m, nt.shape[1]).index_copy(0, slot, nt[idx])
+            pt = pt.view(n_blocks, m, -1)
+            bt = torch.bmm(pt, pt.transpose(1, 2))
+        diff = torch.bmm(ps, ps.transpose(1, 2)) - bt
+        if pair_filter == "teacher_positive":
+            total = total + (diff.square() * (bt > 0)).sum()
+        else:
+            total = total + diff.square().sum()
+    return total
 
 
 def htd_group_loss(
@@ -222,13 +244,15 @@ def mix_experts(
     if keep.float().mean() > 0.5:  # mostly dense: the batched einsum is faster
         w = weights * keep
         return torch.einsum("nk,nkt->nt", w.to(student.dtype), bank.experts(student))
-    out = student.new_zeros(student.shape[0], bank.teacher_dim)
+    rows, outs = [], []
     for k in torch.nonzero(keep.any(0)).flatten().tolist():
         idx = torch.nonzero(keep[:, k]).flatten()
         hidden = F.relu(student[idx] @ bank.w1[k] + bank.b1[k])
         y = hidden @ bank.w2[k] + bank.b2[k]
-        out = out.index_add(0, idx, weights[idx, k, None].to(y.dtype) * y)
-    return out
+        rows.append(idx)
+        outs.append(weights[idx, k, None].to(y.dtype) * y)
+    out = student.new_zeros(student.shape[0], bank.teacher_dim)
+    return out.index_add(0, torch.cat(rows), torch.cat(outs))
 
 
 # ---------------------------------------------------------------------------------------------

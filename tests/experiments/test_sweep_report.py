@@ -1,0 +1,224 @@
+"""Sweeps and reports end to end on a tiny ml-100k grid, plus config errors and claim logic."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from recpress.errors import ConfigError
+from recpress.experiments.report import check_claims, read_run, write_report
+from recpress.experiments.sweep import (
+    SweepConfig,
+    load_sweep_config,
+    plan,
+    prepare_sweep_dir,
+    run_sweep,
+)
+
+TRAIN = {
+    "epochs": 3,
+    "eval_every": 1,
+    "selection": "fixed_epochs",
+    "patience": None,
+    "ks": [10, 50],
+    "lr": 0.01,
+    "batch_size": 4096,
+}
+
+
+def tiny_config(**students) -> dict:
+    s = {
+        "dims": [4],
+        "methods": ["none", "ftd", "htd"],
+        "seeds": [0],
+        "train": TRAIN,
+        "params": {"htd": {"preset": "reference", "n_groups": 3}},
+    }
+    s.update(students)
+    return {
+        "name": "tiny",
+        "data": {"dataset": "ml-100k", "min_rating": 4},
+        "teacher": {"model": {"name": "bpr", "embedding_dim": 8}, "train": TRAIN},
+        "students": s,
+        "report": {"curve_methods": ["none", "ftd", "htd"]},
+    }
+
+
+def write_cfg(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def env(data_root, tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RECPRESS_DATA", str(data_root))
+    mp.setenv("RECPRESS_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def finished_sweep(env, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    cfg = SweepConfig.model_validate(tiny_config())
+    summary = run_sweep(cfg, root / "s", progress=False)
+    assert len(summary["trained"]) == 4 and not summary["skipped"]
+    return cfg, root / "s"
+
+
+def test_layout_and_skip_finished(finished_sweep):
+    cfg, sweep_dir = finished_sweep
+    assert (sweep_dir / "sweep.yaml").is_file()
+    assert (sweep_dir / "teacher" / "metrics.json").is_file()
+    for m in ("none", "ftd", "htd"):
+        assert (sweep_dir / "runs" / "4" / m / "seed0" / "metrics.json").is_file()
+    again = run_sweep(cfg, sweep_dir, progress=False)
+    assert not again["trained"] and len(again["skipped"]) == 4
+
+
+def test_student_runs_are_distilled_from_the_sweep_teacher(finished_sweep):
+    cfg, sweep_dir = finished_sweep
+    runs = {r.method: r for r in plan(cfg, sweep_dir) if not r.is_teacher}
+    assert runs["none"].config.distill is None
+    d = runs["htd"].config.distill
+    assert d.method == "htd" and Path(d.teacher) == (sweep_dir / "teacher").resolve()
+    assert d.params["htd"]["preset"] == "reference"
+    assert runs["ftd"].config.distill.params == {}
+
+
+def test_report_complete(finished_sweep):
+    _, sweep_dir = finished_sweep
+    paths = write_report(sweep_dir, paired=True, latency=True)
+    md = paths["md"].read_text()
+    assert "## Student d = 4" in md and "None: the sweep is complete." in md
+    assert "fixed epochs (last)" in md and "validation-selected" in md
+    assert "## Claims" in md and "## Training time per epoch" in md
+    assert (sweep_dir / "runs/4/ftd/seed0/per_user_test.npz").is_file()  # paired test ran
+    page = paths["html"].read_text()
+    assert page.count("data:image/png;base64,") == 2  # curves + size, embedded
+    assert "report_assets/" not in page  # self-contained
+    assert "<table>" in page and "**" not in page
+
+
+def test_report_incomplete_lists_missing(finished_sweep, tmp_path):
+    _, sweep_dir = finished_sweep
+    copy = tmp_path / "partial"
+    shutil.copytree(sweep_dir, copy)
+    (copy / "runs/4/htd/seed0/metrics.json").unlink()
+    shutil.rmtree(copy / "runs/4/ftd")
+    write_report(copy, paired=False, latency=False)
+    md = (copy / "report.md").read_text()
+    assert "## Missing runs" in md
+    assert "d=4 htd seed 0 — interrupted after" in md
+    assert "d=4 ftd seed 0 — not started" in md
+    assert "| none | 1 |" in md  # what is there is still reported
+
+
+def test_different_config_refused_unless_restart(finished_sweep, tmp_path):
+    cfg, sweep_dir = finished_sweep
+    other = SweepConfig.model_validate(tiny_config(seeds=[0, 1]))
+    with pytest.raises(ConfigError, match="different config.*--restart"):
+        prepare_sweep_dir(other, sweep_dir)
+    copy = tmp_path / "restart"
+    shutil.copytree(sweep_dir, copy)
+    prepare_sweep_dir(other, copy, restart=True)
+    assert not (copy / "runs").exists() and not (copy / "teacher").exists()
+    assert "- 1" in (copy / "sweep.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    "patch,needle",
+    [
+        ({"students": {"bogus": 1}}, "students.bogus: unknown key"),
+        ({"students": {"methods": ["none", "xtd"]}}, "unknown method 'xtd'.*allowed: .*ftd.*htd"),
+        ({"report": {"selections": ["last"]}}, "report.selections.0: must be one of"),
+        ({"students": {"dims": [0]}}, "students.dims"),
+        ({"teacher": {"train": {"selection": "best"}}}, "teacher.train.selection: must be one"),
+    ],
+)
+def test_bad_config_names_key_and_allowed(tmp_path, patch, needle):
+    data = tiny_config()
+    for section, values in patch.items():
+        if section in data and isinstance(data[section], dict):
+            for k, v in values.items():
+                if isinstance(v, dict) and isinstance(data[section].get(k), dict):
+                    data[section][k] = {**data[section][k], **v}
+                else:
+                    data[section][k] = v
+        else:
+            data[section] = values
+    with pytest.raises(ConfigError, match=needle):
+        load_sweep_config(write_cfg(tmp_path / "c.yaml", data))
+
+
+def test_bad_method_param_is_a_config_error(env, tmp_path):
+    data = tiny_config(params={"htd": {"pair_filter": "positive"}})
+    cfg = load_sweep_config(write_cfg(tmp_path / "c.yaml", data))
+    with pytest.raises(ConfigError, match="pair_filter"):
+        run_sweep(cfg, tmp_path / "s", progress=False, only=["htd"])
+
+
+def test_shipped_configs_validate():
+    root = Path(__file__).resolve().parents[2] / "configs"
+    td = load_sweep_config(root / "td-citeulike.yaml")
+    assert td.students.dims == [10, 20, 100, 200]
+    assert {"none", "ftd", "htd", "de", "rrd", "de+rrd", "htd+rrd"} <= set(td.students.methods)
+    assert len(plan(td, "/nonexistent")) == 1 + 4 * len(td.students.methods) * 3
+    load_sweep_config(root / "smoke.yaml")
+
+
+def test_cli_sweep_bad_config_exit_2(tmp_path, capsys):
+    from recpress.cli import main
+
+    data = tiny_config()
+    data["students"]["colour"] = "red"
+    with pytest.raises(SystemExit) as exc:
+        main(["sweep", str(write_cfg(tmp_path / "c.yaml", data)), "--out", str(tmp_path / "o")])
+    assert exc.value.code == 2
+    assert "students.colour: unknown key" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_read_run_selections(tmp_path):
+    (tmp_path / "metrics.json").write_text('{"seconds_per_epoch": 0.5, "parameters": 10}')
+    (tmp_path / "history.csv").write_text(
+        "epoch,loss,valid_recall@50,test_recall@50\n"
+        "0,9,0.1,0.11\n1,8,,\n2,7,0.3,0.25\n3,6,0.2,0.27\n"
+    )
+    r = read_run(tmp_path, "recall@50", 4, "ftd", 0)
+    assert r.curve_epochs == [0, 2, 3] and r.curve == [0.11, 0.25, 0.27]
+    assert r.results["fixed_epochs"]["recall@50"] == 0.27 and r.selected_epoch["fixed_epochs"] == 3
+    assert r.results["best_valid"]["recall@50"] == 0.25 and r.selected_epoch["best_valid"] == 2
+
+
+def _cell(mean, std, n=3):
+    return {"mean": mean, "std": std, "n": n}
+
+
+def test_claims_logic():
+    cfg = SweepConfig.model_validate(
+        {"teacher": {"model": {"embedding_dim": 200}}, "students": {"dims": [10, 20, 100, 200]}}
+    )
+    s = "fixed_epochs"
+    table = {}
+    values = {  # dim: (none, ftd, htd)
+        10: (0.18, 0.21, 0.23),
+        20: (0.23, 0.25, 0.275),
+        100: (0.30, 0.312, 0.312),
+        200: (0.315, 0.318, 0.319),
+    }
+    for d, (a, b, c) in values.items():
+        for m, v in zip(("none", "ftd", "htd"), (a, b, c), strict=True):
+            table[(d, m)] = {s: _cell(v, 0.002)}
+    c1, c2 = check_claims(cfg, table, "htd", s)
+    assert c1["verdict"] == "holds" and c2["verdict"] == "holds"
+    table[(20, "htd")] = {s: _cell(0.2505, 0.002)}  # HTD − FTD within noise at d=20
+    c1, c2 = check_claims(cfg, table, "htd", s)
+    assert c1["verdict"] == "does not hold" and "margin not met" in " ".join(c1["evidence"])
+    assert c2["verdict"] == "does not hold"
+    del table[(200, "ftd")]
+    assert check_claims(cfg, table, "htd", s)[1]["verdict"] == "undecided"

@@ -83,3 +83,17 @@ def test_chunking_gives_the_same_answer(small_artifact: Path):
     va, ta = a.recommend_all(k=7)
     vb, tb = b.recommend_all(k=7)
     assert torch.equal(ta, tb) and torch.allclose(va, vb, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("block", [1, 2, 3, 7])
+def test_two_stage_block_topk_is_exact(small_artifact: Path, block: int):
+    plain = TopKRecommender.load(small_artifact, block=0)
+    staged = TopKRecommender.load(small_artifact, block=block)
+    assert staged.n_blocks >= 4 * 2
+    for k in (1, 2):
+        va, ta = plain.recommend_all(k=k)
+        vb, tb = staged.recommend_all(k=k)
+        assert torch.allclose(va, vb, rtol=1e-5, atol=1e-6)
+        assert torch.equal(ta, tb)
+    res = staged.recommend(["u0", "u1"], k=2)
+    assert list(res.items[0]) == list(plain.recommend(["u0"], k=2).items[0])

@@ -86,15 +86,18 @@ class TopKRecommender:
     Args:
         artifact: a loaded `Artifact`.
         unknown: "popularity" (fallback, flagged) or "error" (raise `UnknownUserError`).
-        chunk_elements: users per chunk are chosen so that a chunk holds about this many scores.
+        chunk_elements: users per chunk are chosen so that a chunk holds about this many scores
+            (default 2**19 floats = 2 MiB: the chunk stays in cache between matmul and top-k).
+        block: items per block of the two-stage top-k (0 disables it; see `_block_topk`).
     """
 
     def __init__(
         self,
         artifact: Artifact,
         unknown: str = "popularity",
-        chunk_elements: int = 2**22,
+        chunk_elements: int = 2**19,
         device: str | torch.device = "cpu",
+        block: int = 32,
     ) -> None:
         if unknown not in UNKNOWN_POLICIES:
             raise ConfigError(
@@ -106,7 +109,14 @@ class TopKRecommender:
         self.unknown = unknown
         self.device = torch.device(device)
         self.user_emb = artifact.user_emb.to(self.device).contiguous()
-        self.item_emb_t = artifact.item_emb.to(self.device).T.contiguous()  # (d, n_items)
+        # (d, n_items + pad): zero columns pad the catalogue to whole blocks of `block` items
+        self.block = int(block)
+        n_items = artifact.n_items
+        self.n_blocks = -(-n_items // self.block) if self.block > 0 else 0
+        width = self.n_blocks * self.block if self.block > 0 else n_items
+        item_t = torch.zeros(artifact.dim, width, dtype=torch.float32)
+        item_t[:, :n_items] = artifact.item_emb.T
+        self.item_emb_t = item_t.to(self.device).contiguous()
         self.item_ids = artifact.item_ids
         self.user_ids = artifact.user_ids
         self.user_ids_are_int = artifact.user_ids.dtype.kind in "iu"
@@ -163,14 +173,35 @@ class TopKRecommender:
             for start in range(0, len(idx), self.chunk_users):
                 part = idx[start : start + self.chunk_users]
                 scores = self.user_emb[part.to(self.device)] @ self.item_emb_t
+                if scores.shape[1] > self.n_items:
+                    scores[:, self.n_items :] = float("-inf")
                 if exclude_seen:
                     self._mask_seen(scores, part)
-                v, t = torch.topk(scores, k, dim=1)
+                if self.block > 0 and self.n_blocks >= 4 * k:
+                    v, t = self._block_topk(scores, k)
+                else:
+                    v, t = torch.topk(scores[:, : self.n_items], k, dim=1)
                 vals.append(v)
                 tops.append(t)
         if not vals:
             return torch.empty(0, k), torch.empty(0, k, dtype=torch.int64)
         return torch.cat(vals).cpu(), torch.cat(tops).cpu()
+
+    def _block_topk(self, scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact two-stage top-k: the top-k items lie in the k blocks with the largest maxima.
+
+        If an item x of the top-k sat in a block outside the k best blocks, those k blocks would
+        hold k distinct items (their maxima) scoring >= x's block maximum >= x, so x would not be
+        needed (up to ties, which keep the same scores). One pass of block maxima, a small top-k
+        over blocks, then top-k over k * block candidates instead of the whole catalogue.
+        """
+        b = scores.shape[0]
+        blocks = scores.view(b, self.n_blocks, self.block)
+        best = torch.topk(blocks.amax(dim=2), k, dim=1).indices  # (b, k)
+        cand = blocks.gather(1, best.unsqueeze(2).expand(b, k, self.block)).reshape(b, -1)
+        v, j = torch.topk(cand, k, dim=1)
+        items = best.gather(1, j // self.block) * self.block + j % self.block
+        return v, items.clamp_(max=self.n_items - 1)  # padding (-inf) only when k > unseen
 
     def recommend(
         self,

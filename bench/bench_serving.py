@@ -1,0 +1,319 @@
+"""Benchmark: compress-and-serve targets on citeulike-t-td, teacher BPR d=200 vs a student d=20.
+
+Side by side in one process (same torch threads, interleaved repeats, best kept):
+
+* all-user top-50 throughput (users/s) of teacher and student, and the ratio (target >= 5x);
+* single-user top-50 latency p50/p95/p99 (target: student p50 < 1 ms);
+* ONNX Runtime vs PyTorch CPU all-user scoring time of the student, with the parity check on
+  every user (target: ONNX <= 1.5x PyTorch);
+* int8 / fp16 post-training quantisation of the student: Recall@50 relative change (target int8
+  drop <= 1%) and bytes;
+* HTTP: `recpress serve` in a subprocess on loopback, a bounded load test (fixed concurrency,
+  fixed duration) of GET /recommend (k=50), req/s, p50/p99 latency and errors; then a burst of
+  bad requests (all must be 4xx) followed by good ones (all must be 200).
+
+Without --teacher / --student it trains (or reuses) bench/work/teacher-bpr200 (100 epochs) and
+bench/work/student-bpr20 (plain BPR d=20 unless --student names a KD run). Prints and writes
+bench/results/serving.json.
+
+    OMP_NUM_THREADS=2 python bench/bench_serving.py [--teacher RUN] [--student RUN] \
+        [--threads 2] [--load-seconds 30] [--concurrency 8]
+
+Smoke test (tiny): --teacher-epochs 2 --student-epochs 2 --load-seconds 3 --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recpress.serving.artifact import Artifact
+from recpress.serving.export import (
+    check_parity,
+    onnx_scorer,
+    quantisation_report,
+    torch_scorer,
+    write_onnx,
+)
+from recpress.serving.profile import measure_latency, measure_throughput
+from recpress.serving.recommender import TopKRecommender
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ensure_run(out: Path, dim: int, epochs: int, dataset: str) -> Path:
+    from recpress.experiments.config import RunConfig
+    from recpress.experiments.run import train_run
+
+    cfg = RunConfig.model_validate(
+        {
+            "data": {"dataset": dataset},
+            "model": {"embedding_dim": dim},
+            "train": {"epochs": epochs, "device": "cpu"},
+        }
+    )
+    train_run(cfg, out, progress=True)
+    return out
+
+
+def time_scoring(score, n_users: int, batch: int, repeats: int) -> float:
+    """Best wall time of scoring all users in chunks of `batch` (scores only)."""
+    best = float("inf")
+    score(np.arange(min(batch, n_users)))
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for s in range(0, n_users, batch):
+            score(np.arange(s, min(s + batch, n_users)))
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def load_test(base: str, users: list, seconds: float, concurrency: int, k: int) -> dict:
+    import httpx
+
+    lat: list[float] = []
+    errors = 0
+    stop = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base, timeout=10, limits=limits) as client:
+
+        async def worker(wid: int) -> None:
+            nonlocal errors
+            local = np.random.default_rng(wid)
+            while time.perf_counter() < stop:
+                u = users[int(local.integers(len(users)))]
+                t0 = time.perf_counter()
+                try:
+                    r = await client.get("/recommend", params={"user": str(u), "k": k})
+                    ok = r.status_code == 200 and len(r.json()["items"]) == k
+                except Exception:  # noqa: BLE001  any transport error counts
+                    ok = False
+                lat.append(time.perf_counter() - t0)
+                errors += not ok
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        wall = time.perf_counter() - t0
+    ms = np.array(lat) * 1e3
+    return {
+        "seconds": round(wall, 2),
+        "concurrency": concurrency,
+        "k": k,
+        "requests": len(lat),
+        "errors": int(errors),
+        "requests_per_s": round(len(lat) / wall, 1),
+        "latency_ms": {
+            "p50": round(float(np.percentile(ms, 50)), 3),
+            "p99": round(float(np.percentile(ms, 99)), 3),
+        },
+    }
+
+
+def bad_then_good(base: str, user) -> dict:
+    import httpx
+
+    bad = [
+        ("get", {"params": {"user": str(user), "k": 0}}),
+        ("get", {"params": {"user": str(user), "k": 10**9}}),
+        ("get", {"params": {"user": "not-a-user", "unknown": "error"}}),
+        ("get", {"params": {"k": 5}}),
+        ("post", {"json": {"users": [user] * 5000}}),
+        ("post", {"json": {"users": [1.5]}}),
+        ("post", {"content": b"{oops", "headers": {"content-type": "application/json"}}),
+    ]
+    statuses = []
+    with httpx.Client(base_url=base, timeout=10) as c:
+        for _ in range(20):
+            for method, kw in bad:
+                statuses.append(getattr(c, method)("/recommend", **kw).status_code)
+        good = [
+            c.get("/recommend", params={"user": str(user), "k": 50}).status_code for _ in range(50)
+        ]
+    return {
+        "bad_requests": len(statuses),
+        "bad_all_4xx": all(400 <= s < 500 for s in statuses),
+        "good_after": len(good),
+        "good_all_200": all(s == 200 for s in good),
+    }
+
+
+def http_bench(artifact: Path, users: list, args) -> dict:
+    port = free_port()
+    cmd = [sys.executable, "-c", "from recpress.cli import main; main()", "serve", str(artifact),
+           "--port", str(port), "--threads", "1", "--workers", str(args.workers)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        import httpx
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(base + "/health", timeout=1)
+                break
+            except httpx.TransportError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("server did not start") from None
+                time.sleep(0.2)
+        result = asyncio.run(load_test(base, users, args.load_seconds, args.concurrency, 50))
+        result["robustness"] = bad_then_good(base, users[0])
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    result["command"] = " ".join(["recpress"] + cmd[3:])
+    result["server_workers"] = args.workers
+    return result
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--teacher", type=Path, default=None)
+    ap.add_argument("--student", type=Path, default=None)
+    ap.add_argument("--dataset", default="citeulike-t-td")
+    ap.add_argument("--work", type=Path, default=ROOT / "bench" / "work")
+    ap.add_argument("--teacher-epochs", type=int, default=100)
+    ap.add_argument("--student-epochs", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=2, help="torch threads for the timings")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--requests", type=int, default=500, help="single-user requests timed")
+    ap.add_argument("--load-seconds", type=float, default=30.0)
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=1, help="uvicorn workers of the HTTP test")
+    ap.add_argument("--no-http", action="store_true")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serving.json")
+    args = ap.parse_args()
+
+    os.environ.setdefault("RECPRESS_DATA", str(ROOT.parent / "shared" / "datasets"))
+    teacher_dir = args.teacher or ensure_run(
+        args.work / f"teacher-bpr200-e{args.teacher_epochs}", 200, args.teacher_epochs, args.dataset
+    )
+    student_dir = args.student or ensure_run(
+        args.work / f"student-bpr20-e{args.student_epochs}", 20, args.student_epochs, args.dataset
+    )
+    torch.set_num_threads(args.threads)
+    from recpress.experiments.run import load_run
+
+    _, _, split = load_run(student_dir)
+    teacher = Artifact.from_run(teacher_dir, split=split)
+    student = Artifact.from_run(student_dir, split=split)
+    recs = {"teacher": TopKRecommender(teacher), "student": TopKRecommender(student)}
+    out: dict = {
+        "dataset": args.dataset,
+        "teacher_run": str(teacher_dir),
+        "student_run": str(student_dir),
+        "student_distill": student.manifest.get("metrics", {}).get("distill"),
+        "users": split.n_users,
+        "items": split.n_items,
+        "environment": {
+            "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+        },
+    }
+
+    # 1. throughput and latency, interleaved so both see the same machine load
+    thr: dict[str, list] = {"teacher": [], "student": []}
+    for _ in range(args.repeats):
+        for name, rec in recs.items():
+            thr[name].append(measure_throughput(rec, k=50, repeats=1))
+    lat = {name: measure_latency(rec, k=50, n_requests=args.requests) for name, rec in recs.items()}
+    out["models"] = {}
+    for name, art in (("teacher", teacher), ("student", student)):
+        best = max(thr[name], key=lambda r: r["users_per_s"])
+        out["models"][name] = {
+            "dim": art.dim,
+            "parameters": art.num_parameters(),
+            "flops_per_user": 2 * art.dim * art.n_items,
+            "recall@50": art.manifest.get("metrics", {}).get("test", {}).get("recall@50"),
+            "all_user_top50": best,
+            "all_user_top50_runs": [r["users_per_s"] for r in thr[name]],
+            "single_user_top50_latency_ms": lat[name],
+        }
+    speedup = (
+        out["models"]["student"]["all_user_top50"]["users_per_s"]
+        / out["models"]["teacher"]["all_user_top50"]["users_per_s"]
+    )
+    out["throughput_speedup"] = round(speedup, 2)
+
+    # 2. ONNX Runtime vs PyTorch, student, all users (scores), with parity
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_onnx(student.user_emb, student.item_emb, Path(tmp) / "s.onnx")
+        ort_fn = onnx_scorer(path, threads=args.threads)
+        pt_fn = torch_scorer(student.user_emb, student.item_emb)
+        batch = max(1, 2**22 // student.n_items)
+        t_pt = time_scoring(pt_fn, student.n_users, batch, args.repeats)
+        t_ort = time_scoring(ort_fn, student.n_users, batch, args.repeats)
+        parity = check_parity(pt_fn, ort_fn, student, k=50)
+    out["onnx"] = {
+        "seconds_pytorch": round(t_pt, 4),
+        "seconds_onnxruntime": round(t_ort, 4),
+        "ratio_onnx_over_pytorch": round(t_ort / t_pt, 3),
+        "parity": parity,
+    }
+
+    # 3. quantisation of the student (same evaluate() code as training)
+    out["quantisation"] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for q in ("none", "fp16", "int8"):
+            saved = student.save(Path(tmp) / q, quantisation=q)
+            files = json.loads((saved / "manifest.json").read_text())["files"]
+            entry = {
+                "weights_bytes": files["weights.safetensors"]["bytes"],
+                "artifact_bytes": sum(f["bytes"] for f in files.values()),
+            }
+            if q != "none":
+                rep = quantisation_report(student, split, q, ks=(10, 20, 50))
+                entry.update(
+                    recall50_fp32=rep["fp32"]["recall@50"],
+                    recall50=rep["quantised"]["recall@50"],
+                    recall50_relative_change=rep["relative_change"]["recall@50"],
+                    ndcg50_relative_change=rep["relative_change"]["ndcg@50"],
+                )
+            out["quantisation"][q] = entry
+        if not args.no_http:
+            art_path = student.save(Path(tmp) / "serve", quantisation="none")
+            users = student.user_ids.tolist()
+            out["http"] = http_bench(art_path, users, args)
+
+    s_lat = out["models"]["student"]["single_user_top50_latency_ms"]["p50"]
+    int8 = out["quantisation"]["int8"]["recall50_relative_change"]
+    out["targets"] = {
+        "throughput_speedup>=5": speedup >= 5,
+        "student_p50_latency<1ms": s_lat < 1.0,
+        "onnx<=1.5x_pytorch_and_parity": out["onnx"]["ratio_onnx_over_pytorch"] <= 1.5
+        and parity["ok"],
+        "int8_recall50_drop<=1%": int8 >= -0.01,
+    }
+    if "http" in out:
+        h = out["http"]
+        out["targets"]["http_zero_errors"] = h["errors"] == 0 and h["robustness"]["bad_all_4xx"]
+        out["targets"]["http_keeps_serving"] = h["robustness"]["good_all_200"]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(out, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

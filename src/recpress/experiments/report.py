@@ -696,7 +696,13 @@ def build_report(
                 text = _fmt(e[s]["mean"], e[s]["std"], e[s]["n"])
                 cells.append(f"**{text}**" if e[s]["mean"] == best[s] else text)
             tt = tests.get((dim, m))
-            cells.append(f"{tt['diff']:+.4f}" if tt else "—")
+            base = table.get((dim, "none"), {}).get(sels[0])
+            if tt:
+                cells.append(f"{tt['diff']:+.4f}")
+            elif m != "none" and base and sels[0] in e:
+                cells.append(f"{e[sels[0]]['mean'] - base['mean']:+.4f} (means)")
+            else:
+                cells.append("—")
             cells.append(f"{tt['p']:.2g}" if tt and not math.isnan(tt["p"]) else "—")
             if reference:
                 log = TD_LOG.get((dim, m))

@@ -92,6 +92,9 @@ class RunConfig(BaseModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     distill: DistillConfig | None = None
+    profile: bool = Field(
+        True, description="measure the efficiency profile (size, latency, throughput) at the end"
+    )
 
     def to_yaml(self) -> str:
         data = self.model_dump(mode="json")

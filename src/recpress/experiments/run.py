@@ -127,6 +127,10 @@ def train_run(
         metrics.update(extra_metrics)
     write_json(out / METRICS, metrics)
     (out / CHECKPOINT).unlink(missing_ok=True)
+    if config.profile:
+        from recpress.serving.profile import profile_run
+
+        metrics["profile"] = profile_run(out, write=True, n_requests=100)
     return metrics
 
 

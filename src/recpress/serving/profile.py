@@ -189,7 +189,7 @@ def profile_run(
     """
     from recpress.errors import ConfigError
     from recpress.experiments.run import load_run
-    from recpress.experiments.rundir import METRICS, write_json
+    from recpress.experiments.rundir import METRICS, read_json, write_json
 
     run_dir = Path(run_dir)
     kwargs = dict(k=k, n_requests=n_requests, warmup=warmup, repeats=repeats)
@@ -199,8 +199,11 @@ def profile_run(
     if tdir is not None:
         if not (tdir / "config.yaml").is_file():
             raise ConfigError(f"teacher run {tdir} not found (named by {run_dir}/{METRICS})")
-        tprof, _ = _run_profile(tdir, split=split, **kwargs)
-        prof["teacher"] = tprof
+        cached = tdir / PROFILE
+        tprof = read_json(cached) if cached.is_file() else None
+        if tprof is None or tprof.get("k") != k or "throughput" not in tprof:
+            tprof, _ = _run_profile(tdir, split=split, **kwargs)
+        prof["teacher"] = {key: v for key, v in tprof.items() if key not in ("teacher", "ratios")}
         prof["ratios"] = ratios(tprof, prof)
     if write:
         write_json(run_dir / PROFILE, prof)

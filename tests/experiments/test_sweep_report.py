@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -32,7 +33,7 @@ TRAIN = {
 def tiny_config(**students) -> dict:
     s = {
         "dims": [4],
-        "methods": ["none", "ftd", "htd"],
+        "methods": ["none", "ftd", "htd", "htd+rrd"],
         "seeds": [0],
         "train": TRAIN,
         "params": {"htd": {"preset": "reference", "n_groups": 3}},
@@ -66,7 +67,7 @@ def finished_sweep(env, tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
     cfg = SweepConfig.model_validate(tiny_config())
     summary = run_sweep(cfg, root / "s", progress=False)
-    assert len(summary["trained"]) == 4 and not summary["skipped"]
+    assert len(summary["trained"]) == 5 and not summary["skipped"]
     return cfg, root / "s"
 
 
@@ -74,10 +75,10 @@ def test_layout_and_skip_finished(finished_sweep):
     cfg, sweep_dir = finished_sweep
     assert (sweep_dir / "sweep.yaml").is_file()
     assert (sweep_dir / "teacher" / "metrics.json").is_file()
-    for m in ("none", "ftd", "htd"):
+    for m in ("none", "ftd", "htd", "htd+rrd"):
         assert (sweep_dir / "runs" / "4" / m / "seed0" / "metrics.json").is_file()
     again = run_sweep(cfg, sweep_dir, progress=False)
-    assert not again["trained"] and len(again["skipped"]) == 4
+    assert not again["trained"] and len(again["skipped"]) == 5
 
 
 def test_student_runs_are_distilled_from_the_sweep_teacher(finished_sweep):
@@ -88,6 +89,11 @@ def test_student_runs_are_distilled_from_the_sweep_teacher(finished_sweep):
     assert d.method == "htd" and Path(d.teacher) == (sweep_dir / "teacher").resolve()
     assert d.params["htd"]["preset"] == "reference"
     assert runs["ftd"].config.distill.params == {}
+    composed = runs["htd+rrd"].config.distill
+    assert composed.method == "htd+rrd" and set(composed.params) == {"htd"}
+    metrics = json.loads((runs["htd+rrd"].path / "metrics.json").read_text())
+    assert set(metrics["distill"]["weights"]) == {"htd", "rrd"}
+    assert metrics["aux_parameters"] > 0
 
 
 def test_report_complete(finished_sweep):

@@ -525,9 +525,7 @@ def plot_curves(cfg: SweepConfig, found: dict, reference: bool) -> bytes | None:
         series = [(None, "teacher")] + [(dim, m) for m in cfg.report.curve_methods]
         for key in series:
             runs = found.get(key, [])
-            label = (
-                {"none": "student"}.get(key[1], key[1]).upper() if key[1] != "none" else "student"
-            )
+            label = {"teacher": "teacher", "none": "student"}.get(key[1], key[1].upper())
             color = colors.get(key[1])
             if runs:
                 n = min(len(r.curve) for r in runs)

@@ -244,15 +244,22 @@ def mix_experts(
     if keep.float().mean() > 0.5:  # mostly dense: the batched einsum is faster
         w = weights * keep
         return torch.einsum("nk,nkt->nt", w.to(student.dtype), bank.experts(student))
-    rows, outs = [], []
-    for k in torch.nonzero(keep.any(0)).flatten().tolist():
-        idx = torch.nonzero(keep[:, k]).flatten()
-        hidden = F.relu(student[idx] @ bank.w1[k] + bank.b1[k])
-        y = hidden @ bank.w2[k] + bank.b2[k]
-        rows.append(idx)
-        outs.append(weights[idx, k, None].to(y.dtype) * y)
+    # (entity, expert) pairs sorted by expert: one gather, contiguous per-expert chunks
+    experts, rows = torch.nonzero(keep.T, as_tuple=True)
+    counts = torch.bincount(experts, minlength=bank.n_experts).tolist()
+    chunks = torch.split(student[rows], counts)
+    # unbind once: indexing a stacked parameter per expert would make its backward allocate
+    # and accumulate a full-size gradient per expert
+    w1, b1, w2, b2 = (t.unbind(0) for t in (bank.w1, bank.b1, bank.w2, bank.b2))
+    outs = []
+    for k, x in enumerate(chunks):
+        if x.shape[0] == 0:
+            continue
+        hidden = F.relu(torch.addmm(b1[k], x, w1[k]))
+        outs.append(torch.addmm(b2[k], hidden, w2[k]))
+    y = torch.cat(outs) * weights[rows, experts].unsqueeze(1).to(student.dtype)
     out = student.new_zeros(student.shape[0], bank.teacher_dim)
-    return out.index_add(0, torch.cat(rows), torch.cat(outs))
+    return out.index_add(0, rows, y)
 
 
 # ---------------------------------------------------------------------------------------------

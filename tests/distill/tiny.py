@@ -1,0 +1,33 @@
+"""A tiny split with a BPR teacher and student, shared by the distiller tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from recpress.data.types import Split, to_csr
+from recpress.distill.knowledge import Knowledge
+from recpress.models.base import TripletBatch
+from recpress.models.bpr import BPRMF
+
+
+def tiny(n_users=4, n_items=12, per_user=3, seed=0):
+    """(split, teacher d=8, student d=4, knowledge): `per_user` train items and 1 valid item."""
+    rng = np.random.default_rng(seed)
+    u = np.repeat(np.arange(n_users), per_user)
+    i = np.concatenate([rng.choice(n_items, per_user, replace=False) for _ in range(n_users)])
+    train = to_csr(u, i, n_users, n_items)
+    v = np.arange(n_users)
+    vi = np.array([next(j for j in range(n_items) if train[x, j] == 0) for x in v])
+    valid = to_csr(v, vi, n_users, n_items)
+    test = to_csr(np.array([], int), np.array([], int), n_users, n_items)
+    split = Split(train, valid, test, np.arange(n_users), np.arange(n_items))
+    teacher = BPRMF(8, init_std=1.0).build(n_users, n_items, torch.Generator().manual_seed(seed))
+    student = BPRMF(4, init_std=1.0).build(n_users, n_items, torch.Generator().manual_seed(99))
+    return split, teacher, student, Knowledge.from_teacher(teacher, split)
+
+
+def batch(users):
+    """A TripletBatch of these users (positives and negatives are item 0)."""
+    u = torch.as_tensor(users)
+    return TripletBatch(u, torch.zeros_like(u), torch.zeros_like(u))

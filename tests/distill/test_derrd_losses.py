@@ -269,3 +269,34 @@ def test_registry_errors():
     with pytest.raises(ConfigError, match="bad parameter"):
         make_distillers("rrd", None, {"rrd": {"K": -1}})
     assert make_distillers("none") == []
+
+
+# -- DE fast paths -----------------------------------------------------------------------------
+@pytest.mark.parametrize("tau", [1.0, 0.05, 1e-4])
+def test_de_mixture_paths_match_einsum(tau):
+    from recpress.distill.distillation_experts import expert_mixture
+    from recpress.distill.experts import ExpertBank, gumbel_softmax
+
+    g = torch.Generator().manual_seed(0)
+    bank = ExpertBank(5, 4, 7, None, g).double()
+    x = torch.randn(40, 4, generator=g, dtype=torch.float64)
+    t = torch.randn(40, 7, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        z = gumbel_softmax(torch.log(bank.selection(t) + 1e-10), tau, g).double()
+    bank.requires_grad_(False)
+    hidden = torch.relu(torch.einsum("nd,mdh->nmh", x, bank.w1) + bank.b1)
+    ref = torch.einsum("nm,nmt->nt", z, torch.einsum("nmh,mht->nmt", hidden, bank.w2) + bank.b2)
+    dense = expert_mixture(bank, x, z, sparse=False)
+    torch.testing.assert_close(dense, ref, rtol=1e-12, atol=1e-12)
+    for mode in (None, True):
+        got = expert_mixture(bank, x, z, sparse=mode)
+        torch.testing.assert_close(got, ref, rtol=1e-7, atol=1e-7 * float(ref.abs().max()))
+    # gradients agree too (sparse path: within the dropped weights)
+    for mode in (False, True):
+        xs = x.clone().requires_grad_(True)
+        expert_mixture(bank, xs, z, sparse=mode).square().sum().backward()
+        xr = x.clone().requires_grad_(True)
+        h = torch.relu(torch.einsum("nd,mdh->nmh", xr, bank.w1) + bank.b1)
+        out = torch.einsum("nm,nmt->nt", z, torch.einsum("nmh,mht->nmt", h, bank.w2) + bank.b2)
+        out.square().sum().backward()
+        torch.testing.assert_close(xs.grad, xr.grad, rtol=1e-6, atol=1e-6)

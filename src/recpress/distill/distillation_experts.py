@@ -17,24 +17,72 @@ from __future__ import annotations
 import torch
 
 from recpress.distill.base import Distiller
-from recpress.distill.experts import ExpertBank, annealed_tau
+from recpress.distill.experts import ExpertBank, annealed_tau, gumbel_softmax
 from recpress.distill.registry import register
 from recpress.errors import ConfigError
 
+#: pairs (entity, expert) with z < SPARSE_EPS · max_m z are dropped by the sparse path
+SPARSE_EPS = 1e-7
+#: the sparse path is used when at most this fraction of the (n, M) pairs is kept
+SPARSE_MAX_FILL = 0.25
 
-def gumbel_softmax(
-    log_alpha: torch.Tensor, tau: float, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """softmax((log α + g) / τ) in fp32 with g = −log(−log u), u ~ U(0, 1) drawn on the CPU
-    from `generator` (one (n, M) draw).
 
-    (Written here because ``experts.gumbel_softmax`` negates before its inner clamp, which
-    gives log of a negative number, i.e. NaN, for every draw.)
+def _mixture_dense(bank: ExpertBank, student: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Σ_m z_m E_m(e^s) for all pairs as two GEMMs, never building the (n, M, d_t) tensor:
+
+    hidden = ReLU(e^s @ [W1_1 … W1_M] + b1)                        (n, M·h)
+    mixed  = [z_1 hidden_1, …, z_M hidden_M] @ vstack(W2_m) + z @ b2   (n, d_t)
     """
-    log_alpha = log_alpha.float()
-    u = torch.rand(log_alpha.shape, generator=generator, device="cpu").to(log_alpha.device)
-    g = -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
-    return torch.softmax((log_alpha + g) / tau, dim=-1)
+    n = student.shape[0]
+    m, d_s, h = bank.w1.shape
+    w1 = bank.w1.permute(1, 0, 2).reshape(d_s, m * h)
+    hidden = torch.relu(torch.addmm(bank.b1.reshape(1, m * h), student, w1))
+    zh = (hidden.view(n, m, h) * z.unsqueeze(2)).view(n, m * h)
+    return torch.addmm(z @ bank.b2, zh, bank.w2.reshape(m * h, -1))
+
+
+def _mixture_sparse(
+    bank: ExpertBank, student: torch.Tensor, z: torch.Tensor, keep: torch.Tensor
+) -> torch.Tensor:
+    """Σ_m z_m E_m(e^s) over the kept (entity, expert) pairs only: one GEMM pair per expert
+    on the entities routed to it, results scattered back with one index_add."""
+    ent, exp = keep.nonzero(as_tuple=True)  # row-major: sorted by entity
+    order = torch.argsort(exp, stable=True)
+    ent, exp = ent[order], exp[order]
+    counts = torch.bincount(exp, minlength=bank.n_experts).tolist()
+    zs = z[ent, exp].unsqueeze(1)
+    x = student.index_select(0, ent)
+    outs = []
+    start = 0
+    for m, c in enumerate(counts):
+        if c == 0:
+            continue
+        xm = x[start : start + c]
+        hm = torch.relu(torch.addmm(bank.b1[m], xm, bank.w1[m]))
+        outs.append(torch.addmm(bank.b2[m], hm, bank.w2[m]))
+        start += c
+    contrib = torch.cat(outs) * zs
+    out = torch.zeros(
+        student.shape[0], bank.teacher_dim, dtype=contrib.dtype, device=contrib.device
+    )
+    return out.index_add(0, ent, contrib)
+
+
+def expert_mixture(
+    bank: ExpertBank, student: torch.Tensor, z: torch.Tensor, sparse: bool | None = None
+) -> torch.Tensor:
+    """Σ_m z_m E_m(e^s): (n, d_t). ``sparse=None`` picks the sparse path when few pairs carry
+    weight ≥ SPARSE_EPS · max (dropping the others changes the result by < 1e-7 relative);
+    ``True``/``False`` force a path (``False`` is exact)."""
+    z = z.to(student.dtype)
+    if sparse is False or z.numel() == 0:
+        return _mixture_dense(bank, student, z)
+    with torch.no_grad():
+        keep = z >= SPARSE_EPS * z.amax(1, keepdim=True)
+        fill = float(keep.sum()) / z.numel()
+    if sparse is None and fill > SPARSE_MAX_FILL:
+        return _mixture_dense(bank, student, z)
+    return _mixture_sparse(bank, student, z, keep)
 
 
 def expert_error(
@@ -43,10 +91,11 @@ def expert_error(
     teacher: torch.Tensor,
     tau: float,
     generator: torch.Generator | None,
+    sparse: bool | None = None,
 ) -> torch.Tensor:
     """Per-entity ‖e^t − Σ_m z_m E_m(e^s)‖², z = Gumbel-softmax(log(α + 1e-10), τ): (n,)."""
     z = gumbel_softmax(torch.log(bank.selection(teacher) + 1e-10), tau, generator)
-    mixed = torch.einsum("nm,nmt->nt", z.to(student.dtype), bank.experts(student))
+    mixed = expert_mixture(bank, student, z, sparse)
     return ((teacher - mixed) ** 2).sum(-1)
 
 

@@ -110,12 +110,46 @@ def test_entity_term_matches_explicit(tiny, pair_filter):
     assert got == pytest.approx(slow_entity(es, et, groups, pair_filter), rel=1e-9)
 
 
+@pytest.mark.parametrize("gram", [None, False, True])
 @pytest.mark.parametrize("pair_filter", ["all", "teacher_positive"])
-def test_entity_term_unbalanced_groups(tiny, pair_filter):
+def test_entity_term_unbalanced_groups(tiny, pair_filter, gram):
     es, et, _ = tiny
     groups = torch.tensor([0] * 7 + [5, 5, 1, 2, 2])  # sizes 7, 2, 2, 1: three size buckets
-    got = float(htd_entity_loss(es, _normed(et), groups, pair_filter))
+    got = float(htd_entity_loss(es, _normed(et), groups, pair_filter, gram=gram))
     assert got == pytest.approx(slow_entity(es, et, groups, pair_filter), rel=1e-9)
+
+
+@pytest.mark.parametrize("pair_filter", ["all", "teacher_positive"])
+def test_entity_term_gradients_pairs_vs_gram_vs_autograd(pair_filter):
+    """The hand-written pair backward and the Gram form match plain autograd on the pairs."""
+    g = torch.Generator().manual_seed(7)
+    es = torch.randn(40, 3, generator=g, dtype=D)
+    nt = _normed(torch.randn(40, 5, generator=g, dtype=D))
+    groups = torch.randint(0, 4, (40,), generator=g)
+    ns_ref = es.clone().requires_grad_()
+    ns = torch.nn.functional.normalize(ns_ref, dim=-1)
+    same = groups[:, None] == groups[None, :]
+    at = nt @ nt.T
+    keep = same & (at > 0) if pair_filter == "teacher_positive" else same
+    ref = ((ns @ ns.T - at).square() * keep).sum()
+    ref.backward()
+    for gram in [False, True] if pair_filter == "all" else [False]:
+        x = es.clone().requires_grad_()
+        got = htd_entity_loss(x, nt, groups, pair_filter, gram=gram)
+        got.backward()
+        assert float(got.detach()) == pytest.approx(float(ref.detach()), rel=1e-10)
+        assert torch.allclose(x.grad, ns_ref.grad, atol=1e-10)
+
+
+def test_gumbel_softmax_keeps_double_precision():
+    from recpress.distill.experts import gumbel_softmax
+
+    la = torch.log(torch.softmax(torch.randn(4, 3, dtype=D), -1))
+    z = gumbel_softmax(la, 0.5, torch.Generator().manual_seed(0))
+    u = torch.rand((4, 3), generator=torch.Generator().manual_seed(0)).double()
+    assert z.dtype == D
+    assert torch.allclose(z, torch.softmax((la - torch.log(-torch.log(u))) / 0.5, -1), atol=1e-14)
+    assert gumbel_softmax(la.half(), 1.0).dtype == torch.float32
 
 
 @pytest.mark.parametrize(

@@ -12,14 +12,17 @@ from torch import nn
 def gumbel_softmax(
     log_alpha: torch.Tensor, tau: float, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Gumbel-softmax relaxation, computed in fp32: softmax((log α + g) / τ), g ~ Gumbel(0, 1).
+    """Gumbel-softmax relaxation: softmax((log α + g) / τ), g = −log(−log U), U ~ Uniform(0, 1).
 
-    log_alpha: (n, M) log selection probabilities → (n, M) soft one-hot weights.
+    U is drawn (fp32) on the CPU generator, so results are reproducible across devices; the
+    softmax is computed in fp32 or wider (τ → 1e-10 overflows fp16).
+    log_alpha: (n, M) log selection probabilities → (n, M) soft one-hot weights, in the dtype of
+    ``log_alpha`` promoted to at least fp32.
     """
-    log_alpha = log_alpha.float()
-    u = torch.rand(log_alpha.shape, generator=generator, device="cpu").to(log_alpha.device)
-    gumbel = -torch.log(-torch.log(u.clamp_min(1e-20)).clamp_min(1e-20))
-    return torch.softmax((log_alpha + gumbel) / tau, dim=-1)
+    dtype = torch.promote_types(log_alpha.dtype, torch.float32)
+    u = torch.rand(log_alpha.shape, generator=generator, device="cpu").to(log_alpha.device, dtype)
+    gumbel = -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
+    return torch.softmax((log_alpha.to(dtype) + gumbel) / tau, dim=-1)
 
 
 class ExpertBank(nn.Module):
@@ -98,3 +101,62 @@ def annealed_tau(epoch: int, max_epochs: int, floor: float = 1e-10) -> float:
     if epoch <= 0:
         return 1.0
     return max(floor, 1e-10 ** ((epoch - 1) / max_epochs))
+
+
+def dense_mixture(bank: ExpertBank, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Σ_m w_m·(W2_mᵀ·relu(W1_mᵀ·x + b1_m) + b2_m) for every row: (n, d_s), (n, M) → (n, d_t).
+
+    Two GEMMs over the stacked experts: Σ_m w_m·(W2_mᵀ h_m + b2_m) = Σ_m W2_mᵀ (w_m h_m) + w·b2,
+    so the hidden units are scaled by the weights and one (n, M·h) × (M·h, d_t) product replaces
+    the M expert outputs (no (n, M, d_t) tensor).
+    """
+    n_m, d_s, h = bank.w1.shape
+    hidden = torch.relu(
+        torch.addmm(bank.b1.reshape(-1), x, bank.w1.permute(1, 0, 2).reshape(d_s, n_m * h))
+    )
+    weighted = (hidden.view(-1, n_m, h) * w.unsqueeze(2)).view(-1, n_m * h)
+    return torch.addmm(w @ bank.b2, weighted, bank.w2.reshape(n_m * h, -1))
+
+
+def mix_experts(
+    bank: ExpertBank,
+    student: torch.Tensor,
+    weights: torch.Tensor,
+    threshold: float = 0.0,
+    dense_above: float = 0.85,
+) -> torch.Tensor:
+    """Σ_m w_m·E_m(e^s) for every entity: student (n, d_s), weights (n, M) → (n, d_t).
+
+    ``threshold`` > 0 skips the (entity, expert) pairs with weight ≤ threshold and runs each
+    expert only on the entities that use it (sparse dispatch: pairs sorted by expert, one gather,
+    one addmm pair per expert in a loop, scatter-add back). Gumbel-softmax weights become one-hot
+    as τ anneals, so this cuts the expert cost up to M-fold; the result differs from the dense
+    mixture by at most Σ_skipped w_m·‖E_m(e^s)‖. ``threshold=0`` is the exact dense mixture
+    (`dense_mixture`). When more than ``dense_above`` of the pairs are kept, the dense GEMMs
+    (with the skipped weights zeroed) are used instead, which is faster there.
+    Gradients reach ``student``, ``weights`` and the bank's expert parameters.
+    """
+    weights = weights.to(student.dtype)
+    if threshold <= 0:
+        return dense_mixture(bank, student, weights)
+    keep = weights > threshold
+    n_kept = int(keep.sum())
+    if n_kept > dense_above * keep.numel():
+        return dense_mixture(bank, student, weights * keep)
+    # (entity, expert) pairs sorted by expert: one gather, contiguous per-expert chunks
+    experts, rows = torch.nonzero(keep.T, as_tuple=True)
+    counts = torch.bincount(experts, minlength=bank.n_experts).tolist()
+    chunks = torch.split(student[rows], counts)
+    # unbind once: indexing a stacked parameter per expert would make its backward allocate
+    # and accumulate a full-size gradient per expert
+    w1, b1, w2, b2 = (t.unbind(0) for t in (bank.w1, bank.b1, bank.w2, bank.b2))
+    outs = []
+    for m, x in enumerate(chunks):
+        if x.shape[0] == 0:
+            continue
+        hidden = torch.relu(torch.addmm(b1[m], x, w1[m]))
+        outs.append(torch.addmm(b2[m], hidden, w2[m]))
+    if not outs:
+        return student.new_zeros(student.shape[0], bank.teacher_dim) + 0.0 * weights.sum()
+    y = torch.cat(outs) * weights[rows, experts].unsqueeze(1)
+    return student.new_zeros(student.shape[0], bank.teacher_dim).index_add(0, rows, y)

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from recpress.data.types import Split
 from recpress.distill.base import Distiller
-from recpress.distill.experts import ExpertBank, annealed_tau
+from recpress.distill.experts import ExpertBank, annealed_tau, gumbel_softmax, mix_experts
 from recpress.models.base import Recommender, TripletBatch
 
 try:  # the registry lands separately; without it the classes are still usable directly
@@ -78,18 +78,6 @@ HTD_PRESETS: dict[str, dict[str, object]] = {
 # ---------------------------------------------------------------------------------------------
 # functional cores (tested against explicit loops)
 # ---------------------------------------------------------------------------------------------
-def gumbel_softmax(
-    log_alpha: torch.Tensor, tau: float, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """softmax((log α + g) / τ) with g = −log(−log U), U ~ Uniform(0, 1) drawn on the CPU
-    generator (reproducible across devices); computed in fp32 or wider (τ → 1e-10 overflows
-    fp16). Returns (n, K) weights in the dtype of `log_alpha` (at least fp32)."""
-    dtype = torch.promote_types(log_alpha.dtype, torch.float32)
-    u = torch.rand(log_alpha.shape, generator=generator, device="cpu").to(log_alpha.device, dtype)
-    gumbel = -torch.log((-torch.log(u.clamp_min(1e-20))).clamp_min(1e-20))
-    return torch.softmax((log_alpha.to(dtype) + gumbel) / tau, dim=-1)
-
-
 def batch_entities(batch: TripletBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """Unique users U_b and unique items I_b = uniq(pos ∪ neg) of a batch (sorted)."""
     users = torch.unique(batch.users)
@@ -152,11 +140,41 @@ def _group_blocks(
     return blocks
 
 
+class _BlockPairLoss(torch.autograd.Function):
+    """Σ over the pairs of each block of mask·(S − T)², S = P·Pᵀ (block-wise), T constant.
+
+    Forward and backward by hand (S, T, the mask symmetric): ∂/∂P = 4·(mask·(S − T))·P, so only
+    one (blocks, m, m) buffer is kept and autograd sees one node instead of five.
+    """
+
+    @staticmethod
+    def forward(ctx, ps, bt, mask):  # noqa: D102 - see the class docstring
+        diff = torch.bmm(ps, ps.transpose(1, 2)).sub_(bt)
+        if mask is not None:
+            diff.mul_(mask)
+        ctx.save_for_backward(ps, diff)
+        flat = diff.view(-1)
+        return torch.dot(flat, flat)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        ps, diff = ctx.saved_tensors
+        return torch.bmm(diff, ps).mul_(4.0 * grad), None, None
+
+
+def _use_gram(m: int, d_s: int, d_t: int) -> bool:
+    """Whether the Gram form is cheaper than explicit pairs for blocks of m rows (MAC counts)."""
+    pairs = m * m * (d_t + 3 * d_s)  # teacher Gram, student Gram forward + backward
+    gram = m * d_t * min(m, d_t) + 2 * m * d_t * d_s + 3 * m * d_s * d_s
+    return gram < pairs
+
+
 def htd_entity_loss(
     student: torch.Tensor,
     teacher_normed: torch.Tensor,
     groups: torch.Tensor,
     pair_filter: str = "all",
+    gram: bool | None = None,
 ) -> torch.Tensor:
     """L_ent = Σ over same-group pairs (a, b) of (cos(e^s_a, e^s_b) − cos(e^t_a, e^t_b))².
 
@@ -165,25 +183,41 @@ def htd_entity_loss(
     into blocks (`_group_blocks`), one batched matmul per size bucket. Padded slots are zero rows
     on both sides (cosine 0), so they add nothing, and are excluded by the teacher-positive
     filter.
+
+    With ``pair_filter="all"`` a block of large groups uses the Gram form instead (as FTD, per
+    group g: ‖N_tᵀN_t‖²_F − 2‖N_tᵀN_s‖²_F + ‖N_sᵀN_s‖²_F over the group's rows), which costs
+    O(n_g·d²) instead of O(n_g²·d); ``gram=None`` picks the cheaper form per block,
+    ``True``/``False`` forces it (the filter needs the pairs, so it always uses them).
     """
     if pair_filter not in ("all", "teacher_positive"):
         raise ValueError(f"pair_filter must be 'all' or 'teacher_positive', got {pair_filter!r}")
     ns = _normalize(student)
     nt = teacher_normed.to(ns.dtype)
+    d_s, d_t = ns.shape[1], nt.shape[1]
     inverse, counts, _ = _group_layout(groups)
     total = ns.new_zeros(())
     for idx, slot, n_blocks, m in _group_blocks(inverse, counts):
-        ps = ns.new_zeros(n_blocks * m, ns.shape[1]).index_copy(0, slot, ns[idx])
-        ps = ps.view(n_blocks, m, -1)
+        ps = ns.new_zeros(n_blocks * m, d_s).index_copy(0, slot, ns[idx])
+        ps = ps.view(n_blocks, m, d_s)
         with torch.no_grad():
-            pt = nt.new_zeros(n_blocks * m, nt.shape[1]).index_copy(0, slot, nt[idx])
-            pt = pt.view(n_blocks, m, -1)
+            pt = nt.new_zeros(n_blocks * m, d_t).index_copy(0, slot, nt[idx])
+            pt = pt.view(n_blocks, m, d_t)
+        use_gram = pair_filter == "all" and (_use_gram(m, d_s, d_t) if gram is None else bool(gram))
+        if use_gram:
+            pt_t = pt.transpose(1, 2)
+            with torch.no_grad():
+                if m > d_t:
+                    tt = torch.bmm(pt_t, pt).square().sum()
+                else:
+                    tt = torch.bmm(pt, pt_t).square().sum()
+            ts = torch.bmm(pt_t, ps).square().sum()
+            ss = torch.bmm(ps.transpose(1, 2), ps).square().sum()
+            total = total + (tt - 2.0 * ts + ss)
+            continue
+        with torch.no_grad():
             bt = torch.bmm(pt, pt.transpose(1, 2))
-        diff = torch.bmm(ps, ps.transpose(1, 2)) - bt
-        if pair_filter == "teacher_positive":
-            total = total + (diff.square() * (bt > 0)).sum()
-        else:
-            total = total + diff.square().sum()
+            mask = (bt > 0).to(bt.dtype) if pair_filter == "teacher_positive" else None
+        total = total + _BlockPairLoss.apply(ps, bt, mask)
     return total
 
 
@@ -226,51 +260,6 @@ def htd_group_loss(
     if include_own:
         return diff.square().sum()
     return (diff.square() * (1.0 - z.T)).sum()
-
-
-def _dense_mixture(bank: ExpertBank, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Σ_k w_k·(W2_kᵀ·relu(W1_kᵀ·x + b1_k) + b2_k) as two GEMMs over the stacked experts.
-
-    Weighting the hidden units before the second layer gives one (n, K·h) × (K·h, d_t) product
-    instead of materialising all K expert outputs (n, K, d_t).
-    """
-    n_k, d_s, h = bank.w1.shape
-    hidden = torch.relu(x @ bank.w1.permute(1, 0, 2).reshape(d_s, n_k * h) + bank.b1.reshape(-1))
-    weighted = (hidden.view(-1, n_k, h) * w.unsqueeze(2)).reshape(-1, n_k * h)
-    return weighted @ bank.w2.reshape(n_k * h, -1) + w @ bank.b2
-
-
-def mix_experts(
-    bank: ExpertBank, student: torch.Tensor, weights: torch.Tensor, threshold: float = 0.0
-) -> torch.Tensor:
-    """Σ_k w_k·f_k(e^s) for every entity: (n, d_s), (n, K) → (n, d_t).
-
-    ``threshold`` > 0 skips (entity, expert) pairs with weight ≤ threshold and runs each expert
-    only on the entities that use it (Gumbel-softmax weights become one-hot as τ anneals, so this
-    cuts the expert cost up to K-fold); the result differs from the dense mixture by at most
-    Σ_skipped w_k·‖f_k(e^s)‖. ``threshold=0`` is the exact dense mixture.
-    """
-    if threshold <= 0:
-        return _dense_mixture(bank, student, weights.to(student.dtype))
-    keep = weights > threshold
-    if keep.float().mean() > 0.5:  # mostly dense: two large GEMMs are faster
-        return _dense_mixture(bank, student, (weights * keep).to(student.dtype))
-    # (entity, expert) pairs sorted by expert: one gather, contiguous per-expert chunks
-    experts, rows = torch.nonzero(keep.T, as_tuple=True)
-    counts = torch.bincount(experts, minlength=bank.n_experts).tolist()
-    chunks = torch.split(student[rows], counts)
-    # unbind once: indexing a stacked parameter per expert would make its backward allocate
-    # and accumulate a full-size gradient per expert
-    w1, b1, w2, b2 = (t.unbind(0) for t in (bank.w1, bank.b1, bank.w2, bank.b2))
-    outs = []
-    for k, x in enumerate(chunks):
-        if x.shape[0] == 0:
-            continue
-        hidden = F.relu(torch.addmm(b1[k], x, w1[k]))
-        outs.append(torch.addmm(b2[k], hidden, w2[k]))
-    y = torch.cat(outs) * weights[rows, experts].unsqueeze(1).to(student.dtype)
-    out = student.new_zeros(student.shape[0], bank.teacher_dim)
-    return out.index_add(0, rows, y)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -10,14 +10,14 @@ import torch.nn.functional as F
 from recpress.data.sampling import sample_excluding
 from recpress.data.types import Split
 from recpress.distill.base import Distiller
-from recpress.distill.registry import register
-from recpress.distill.soft_label import (
-    _check_choice,
+from recpress.distill.common import (
     batch_rows,
+    check_choice,
     no_knowledge,
     reduce_terms,
     student_topk,
 )
+from recpress.distill.registry import register
 from recpress.models.base import Recommender, TripletBatch
 
 __all__ = ["CD", "rank_cdf", "tournament_pairs", "first_distinct"]
@@ -126,10 +126,10 @@ class CD(Distiller):
         self.n_distill = int(n_distill)
         self.t1 = float(t1)
         self.t2 = float(t2)
-        self.guide = _check_choice("guide", guide, ("student", "teacher", "random"))
+        self.guide = check_choice("guide", guide, ("student", "teacher", "random"))
         self.oversample = int(oversample)
-        self.reduction = _check_choice("reduction", reduction, ("sum", "mean"))
-        self.user_weighting = _check_choice("user_weighting", user_weighting, ("rows", "unique"))
+        self.reduction = check_choice("reduction", reduction, ("sum", "mean"))
+        self.user_weighting = check_choice("user_weighting", user_weighting, ("rows", "unique"))
         # teacher-guide candidates (n_users, N), rebuilt by prepare
         self.register_buffer("candidates", torch.zeros(0, 0, dtype=torch.int64), persistent=False)
         # selected items S (n_users, n_distill) and their teacher scores, per epoch

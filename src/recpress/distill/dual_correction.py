@@ -6,8 +6,8 @@ import torch
 
 from recpress.data.types import Split
 from recpress.distill.base import Distiller
+from recpress.distill.common import batch_rows, check_choice, no_knowledge, reduce_terms
 from recpress.distill.registry import register
-from recpress.distill.soft_label import _check_choice, batch_rows, no_knowledge, reduce_terms
 from recpress.models.base import Recommender, TripletBatch
 
 __all__ = ["DCD", "error_weights", "rrd_terms", "within_list_ranks"]
@@ -132,12 +132,12 @@ class DCD(Distiller):
         self.n_list = int(n_list)
         self.eps = float(eps)
         self.update_every = int(update_every)
-        self.rank_scope = _check_choice("rank_scope", rank_scope, ("within", "full"))
+        self.rank_scope = check_choice("rank_scope", rank_scope, ("within", "full"))
         self.item_side = bool(item_side)
         self.item_weight = float(item_weight)
-        self.sampling = _check_choice("sampling", sampling, ("sample", "deterministic"))
-        self.reduction = _check_choice("reduction", reduction, ("sum", "mean"))
-        self.user_weighting = _check_choice("user_weighting", user_weighting, ("rows", "unique"))
+        self.sampling = check_choice("sampling", sampling, ("sample", "deterministic"))
+        self.reduction = check_choice("reduction", reduction, ("sum", "mean"))
+        self.user_weighting = check_choice("user_weighting", user_weighting, ("rows", "unique"))
         for side in ("user", "item"):
             e = torch.zeros(0, 0)
             self.register_buffer(f"{side}_lists", e.long(), persistent=False)

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from recpress.data.sampling import sample_negatives
 from recpress.data.types import Split
 from recpress.distill.base import Distiller
+from recpress.distill.common import batch_rows, check_choice, no_knowledge, reduce_terms
 from recpress.distill.registry import register
-from recpress.distill.soft_label import _check_choice, batch_rows, no_knowledge, reduce_terms
 from recpress.models.base import Recommender, TripletBatch
 
 __all__ = ["RD", "position_weights", "rd_weights"]
@@ -103,8 +103,8 @@ class RD(Distiller):
         self.n_dyn = int(n_dyn)
         self.start_epoch = int(start_epoch)
         self.renormalize = bool(renormalize)
-        self.reduction = _check_choice("reduction", reduction, ("sum", "mean"))
-        self.user_weighting = _check_choice("user_weighting", user_weighting, ("rows", "unique"))
+        self.reduction = check_choice("reduction", reduction, ("sum", "mean"))
+        self.user_weighting = check_choice("user_weighting", user_weighting, ("rows", "unique"))
         self.n_items = 0
         self.register_buffer("lists", torch.zeros(0, 0, dtype=torch.int64), persistent=False)
         self.register_buffer("w_a", position_weights(self.k, self.lambda_a), persistent=False)

@@ -11,14 +11,14 @@ import torch.nn.functional as F
 from recpress.data.types import Split
 from recpress.distill.base import Distiller
 from recpress.distill.collaborative import draw_ranks, rank_cdf
-from recpress.distill.registry import register
-from recpress.distill.soft_label import (
-    _check_choice,
+from recpress.distill.common import (
     batch_rows,
+    check_choice,
     mask_train_,
     no_knowledge,
     reduce_terms,
 )
+from recpress.distill.registry import register
 from recpress.models.base import Recommender, TripletBatch
 
 __all__ = ["UnKD", "popularity_groups", "group_sample_counts"]
@@ -115,8 +115,8 @@ class UnKD(Distiller):
         self.lambda_p = float(lambda_p)
         self.n_candidates = int(n_candidates)
         self.rank_temperature = float(rank_temperature)
-        self.reduction = _check_choice("reduction", reduction, ("sum", "mean"))
-        self.user_weighting = _check_choice("user_weighting", user_weighting, ("rows", "unique"))
+        self.reduction = check_choice("reduction", reduction, ("sum", "mean"))
+        self.user_weighting = check_choice("user_weighting", user_weighting, ("rows", "unique"))
         self.register_buffer("item_group", torch.zeros(0, dtype=torch.int64), persistent=False)
         self.register_buffer(
             "candidates", torch.zeros(0, 0, 0, dtype=torch.int64), persistent=False

@@ -146,17 +146,60 @@ def mix_experts(
     # (entity, expert) pairs sorted by expert: one gather, contiguous per-expert chunks
     experts, rows = torch.nonzero(keep.T, as_tuple=True)
     counts = torch.bincount(experts, minlength=bank.n_experts).tolist()
-    chunks = torch.split(student[rows], counts)
-    # unbind once: indexing a stacked parameter per expert would make its backward allocate
-    # and accumulate a full-size gradient per expert
-    w1, b1, w2, b2 = (t.unbind(0) for t in (bank.w1, bank.b1, bank.w2, bank.b2))
-    outs = []
-    for m, x in enumerate(chunks):
-        if x.shape[0] == 0:
-            continue
-        hidden = torch.relu(torch.addmm(b1[m], x, w1[m]))
-        outs.append(torch.addmm(b2[m], hidden, w2[m]))
-    if not outs:
-        return student.new_zeros(student.shape[0], bank.teacher_dim) + 0.0 * weights.sum()
-    y = torch.cat(outs) * weights[rows, experts].unsqueeze(1)
+    y = _GroupedExperts.apply(student[rows], experts, counts, bank.w1, bank.b1, bank.w2, bank.b2)
+    y = y * weights[rows, experts].unsqueeze(1)
     return student.new_zeros(student.shape[0], bank.teacher_dim).index_add(0, rows, y)
+
+
+class _GroupedExperts(torch.autograd.Function):
+    """Row r of x (rows grouped by expert, ``counts[m]`` rows for expert m) → E_{expert[r]}(x_r).
+
+    Forward and backward by hand with one GEMM call per expert and layer, written into
+    preallocated buffers (``out=``); bias gradients are one segment sum each, and the stacked
+    weight gradients are filled per expert (no per-expert autograd nodes, no stacking).
+    """
+
+    @staticmethod
+    def forward(ctx, x, experts, counts, w1, b1, w2, b2):  # noqa: D102 - see the class docstring
+        n_rows = x.shape[0]
+        hidden = x.new_empty(n_rows, w1.shape[2])
+        y = x.new_empty(n_rows, w2.shape[2])
+        spans = []
+        start = 0
+        for m, c in enumerate(counts):
+            if c:
+                spans.append((m, start, start + c))
+                torch.addmm(b1[m], x[start : start + c], w1[m], out=hidden[start : start + c])
+            start += c
+        hidden.relu_()
+        for m, lo, hi in spans:
+            torch.addmm(b2[m], hidden[lo:hi], w2[m], out=y[lo:hi])
+        ctx.spans = spans
+        ctx.save_for_backward(x, experts, hidden, w1, w2)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):  # noqa: D102
+        x, experts, hidden, w1, w2 = ctx.saved_tensors
+        gy = gy.contiguous()
+        need_x, need_w = ctx.needs_input_grad[0], any(ctx.needs_input_grad[3:])
+        gh = torch.empty_like(hidden)
+        gw1 = torch.zeros_like(w1) if need_w else None
+        gw2 = torch.zeros_like(w2) if need_w else None
+        for m, lo, hi in ctx.spans:
+            if need_w:
+                torch.mm(hidden[lo:hi].T, gy[lo:hi], out=gw2[m])
+            torch.mm(gy[lo:hi], w2[m].T, out=gh[lo:hi])
+        gh.masked_fill_(hidden <= 0, 0.0)
+        gx = torch.empty_like(x) if need_x else None
+        for m, lo, hi in ctx.spans:
+            if need_w:
+                torch.mm(x[lo:hi].T, gh[lo:hi], out=gw1[m])
+            if need_x:
+                torch.mm(gh[lo:hi], w1[m].T, out=gx[lo:hi])
+        gb1 = gb2 = None
+        if need_w:
+            n_m = w1.shape[0]
+            gb1 = gh.new_zeros(n_m, gh.shape[1]).index_add_(0, experts, gh)
+            gb2 = gy.new_zeros(n_m, gy.shape[1]).index_add_(0, experts, gy)
+        return gx, None, None, gw1, gb1, gw2, gb2

@@ -123,7 +123,7 @@ def mix_experts(
     student: torch.Tensor,
     weights: torch.Tensor,
     threshold: float = 0.0,
-    dense_above: float = 0.85,
+    dense_above: float = 0.7,
 ) -> torch.Tensor:
     """Σ_m w_m·E_m(e^s) for every entity: student (n, d_s), weights (n, M) → (n, d_t).
 

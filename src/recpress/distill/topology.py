@@ -275,6 +275,7 @@ class _TopologyBase(Distiller):
         self._ti: torch.Tensor | None = None
         self._tu_n: torch.Tensor | None = None  # row-normalised copies
         self._ti_n: torch.Tensor | None = None
+        self._tables: tuple[torch.Tensor, torch.Tensor] | None = None  # see _teacher_tables
 
     def _load_teacher(self, teacher: Recommender | None, knowledge) -> None:
         if knowledge is not None and hasattr(knowledge, "user_embeddings"):
@@ -289,21 +290,42 @@ class _TopologyBase(Distiller):
         self._ti = ti.detach().clone()
         self._tu_n = _normalize(self._tu)
         self._ti_n = _normalize(self._ti)
+        self._tables = None
 
     @property
     def teacher_dim(self) -> int:
         assert self._tu is not None, "call prepare() first"
         return int(self._tu.shape[1])
 
-    def _teacher_rows(self, users, items, like: torch.Tensor, normed: bool) -> torch.Tensor:
+    def _teacher_tables(self, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Users then items, (n_U + n_I, d_t) normalised and (n_U + n_I, 2·d_t) [raw | normalised]
+        in ``like``'s dtype/device, built once (one gather per batch instead of four + two cats).
+        """
         if self._tu is None:
             raise RuntimeError(f"{self.name}: prepare(teacher, split) was not called")
-        if self._tu.device != like.device or self._tu.dtype != like.dtype:
-            self._tu, self._ti = self._tu.to(like), self._ti.to(like)
-            self._tu_n, self._ti_n = self._tu_n.to(like), self._ti_n.to(like)
+        tables = self._tables
+        if tables is None or tables[0].device != like.device or tables[0].dtype != like.dtype:
+            raw = torch.cat([self._tu, self._ti]).to(like)
+            normed = torch.cat([self._tu_n, self._ti_n]).to(like)
+            tables = (normed, torch.cat([raw, normed], 1))
+            self._tables = tables
+        return tables
+
+    def _teacher_rows(self, users, items, like: torch.Tensor, normed: bool) -> torch.Tensor:
+        normed_t, both = self._teacher_tables(like)
+        rows = torch.cat([users, items + self._tu.shape[0]])
         if normed:
-            return torch.cat([self._tu_n[users], self._ti_n[items]])
-        return torch.cat([self._tu[users], self._ti[items]])
+            return normed_t.index_select(0, rows)
+        return both.index_select(0, rows)[:, : normed_t.shape[1]]
+
+    def _teacher_raw_and_normed(
+        self, users, items, like: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(E^t, N_t) of the batch entities (users then items) with one gather."""
+        normed_t, both = self._teacher_tables(like)
+        rows = both.index_select(0, torch.cat([users, items + self._tu.shape[0]]))
+        d_t = normed_t.shape[1]
+        return rows[:, :d_t], rows[:, d_t:]
 
     @staticmethod
     def _student_rows(student: Recommender, users, items) -> torch.Tensor:
@@ -479,8 +501,7 @@ class HTD(_TopologyBase):
             raise RuntimeError("HTD: prepare(...) or on_epoch_start(...) was not called")
         users, items = batch_entities(batch)
         es = self._student_rows(student, users, items)
-        et = self._teacher_rows(users, items, es, normed=False)
-        nt = self._teacher_rows(users, items, es, normed=True)
+        et, nt = self._teacher_raw_and_normed(users, items, es)
         n_u = users.shape[0]
         alpha_u = self.user_bank.selection(et[:n_u])
         alpha_i = self.item_bank.selection(et[n_u:])

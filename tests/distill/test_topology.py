@@ -141,6 +141,28 @@ def test_entity_term_gradients_pairs_vs_gram_vs_autograd(pair_filter):
         assert torch.allclose(x.grad, ns_ref.grad, atol=1e-10)
 
 
+@pytest.mark.parametrize("pair_filter", ["all", "teacher_positive"])
+def test_entity_term_tiled_pairs_match(monkeypatch, pair_filter):
+    """Large pair blocks cut into upper-triangular tiles give the same value and gradient."""
+    import recpress.distill.topology as topo
+
+    g = torch.Generator().manual_seed(9)
+    es = torch.randn(60, 3, generator=g, dtype=D)
+    nt = _normed(torch.randn(60, 5, generator=g, dtype=D))
+    groups = torch.randint(0, 3, (60,), generator=g)
+    out = []
+    for tile in (10_000, 7, 3):
+        monkeypatch.setattr(topo, "_TILE", tile)
+        x = es.clone().requires_grad_()
+        loss = htd_entity_loss(x, nt, groups, pair_filter, gram=False)
+        loss.backward()
+        out.append((float(loss.detach()), x.grad))
+    for value, grad in out[1:]:
+        assert value == pytest.approx(out[0][0], rel=1e-12)
+        assert torch.allclose(grad, out[0][1], atol=1e-12)
+    assert out[0][0] == pytest.approx(slow_entity(es, nt, groups, pair_filter), rel=1e-9)
+
+
 def test_gumbel_softmax_keeps_double_precision():
     from recpress.distill.experts import gumbel_softmax
 

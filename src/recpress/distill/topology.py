@@ -140,26 +140,58 @@ def _group_blocks(
     return blocks
 
 
-class _BlockPairLoss(torch.autograd.Function):
-    """Σ over the pairs of each block of mask·(S − T)², S = P·Pᵀ (block-wise), T constant.
+class _TilePairLoss(torch.autograd.Function):
+    """Σ mask·(P·Qᵀ − T)² over a tile of the same-group pairs (batched), T constant.
 
-    Forward and backward by hand (S, T, the mask symmetric): ∂/∂P = 4·(mask·(S − T))·P, so only
-    one (blocks, m, m) buffer is kept and autograd sees one node instead of five.
+    Forward and backward by hand: ∂/∂P = 2·D·Q, ∂/∂Q = 2·Dᵀ·P with D = mask·(P·Qᵀ − T), so one
+    (blocks, m_p, m_q) buffer is kept and autograd sees one node instead of five. A diagonal tile
+    passes the same tensor as P and Q (its two gradients add up to 4·D·P).
     """
 
     @staticmethod
-    def forward(ctx, ps, bt, mask):  # noqa: D102 - see the class docstring
-        diff = torch.bmm(ps, ps.transpose(1, 2)).sub_(bt)
+    def forward(ctx, p, q, bt, mask):  # noqa: D102 - see the class docstring
+        diff = torch.bmm(p, q.transpose(1, 2)).sub_(bt)
         if mask is not None:
             diff.mul_(mask)
-        ctx.save_for_backward(ps, diff)
+        ctx.save_for_backward(p, q, diff)
         flat = diff.view(-1)
         return torch.dot(flat, flat)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
-        ps, diff = ctx.saved_tensors
-        return torch.bmm(diff, ps).mul_(4.0 * grad), None, None
+        p, q, diff = ctx.saved_tensors
+        gp = torch.bmm(diff, q).mul_(2.0 * grad) if ctx.needs_input_grad[0] else None
+        gq = (
+            torch.bmm(diff.transpose(1, 2), p).mul_(2.0 * grad) if ctx.needs_input_grad[1] else None
+        )
+        return gp, gq, None, None
+
+
+_TILE = 384  # pair blocks larger than this are cut into tiles; only tiles i <= j are computed
+
+
+def _pair_blocks_loss(ps: torch.Tensor, pt: torch.Tensor, teacher_positive: bool) -> torch.Tensor:
+    """Σ over the pairs of each (blocks, m, ·) block of [mask·](cos_s − cos_t)².
+
+    The pair matrices are symmetric, so a large block is cut into k tiles of rows and only the
+    k(k+1)/2 tiles on or above the diagonal are computed (off-diagonal ones count twice):
+    ≈ (k+1)/2k of the teacher and student products.
+    """
+    m = ps.shape[1]
+    k = max(1, -(-m // _TILE))
+    size = -(-m // k)
+    bounds = [(lo, min(lo + size, m)) for lo in range(0, m, size)]
+    total = ps.new_zeros(())
+    for i, (lo_i, hi_i) in enumerate(bounds):
+        p_i, t_i = ps[:, lo_i:hi_i], pt[:, lo_i:hi_i]
+        for lo_j, hi_j in bounds[i:]:
+            p_j = p_i if lo_j == lo_i else ps[:, lo_j:hi_j]
+            with torch.no_grad():
+                bt = torch.bmm(t_i, pt[:, lo_j:hi_j].transpose(1, 2))
+                mask = (bt > 0).to(bt.dtype) if teacher_positive else None
+            tile = _TilePairLoss.apply(p_i, p_j, bt, mask)
+            total = total + (tile if lo_j == lo_i else 2.0 * tile)
+    return total
 
 
 def _use_gram(m: int, d_s: int, d_t: int) -> bool:
@@ -214,10 +246,7 @@ def htd_entity_loss(
             ss = torch.bmm(ps.transpose(1, 2), ps).square().sum()
             total = total + (tt - 2.0 * ts + ss)
             continue
-        with torch.no_grad():
-            bt = torch.bmm(pt, pt.transpose(1, 2))
-            mask = (bt > 0).to(bt.dtype) if pair_filter == "teacher_positive" else None
-        total = total + _BlockPairLoss.apply(ps, bt, mask)
+        total = total + _pair_blocks_loss(ps, pt, pair_filter == "teacher_positive")
     return total
 
 

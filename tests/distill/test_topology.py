@@ -163,6 +163,22 @@ def test_entity_term_tiled_pairs_match(monkeypatch, pair_filter):
     assert out[0][0] == pytest.approx(slow_entity(es, nt, groups, pair_filter), rel=1e-9)
 
 
+@pytest.mark.parametrize("d_t", [6, 70])
+def test_ftd_gradient_matches_autograd_on_explicit_matrices(d_t):
+    g = torch.Generator().manual_seed(2)
+    es = torch.randn(30, 4, generator=g, dtype=D)
+    nt = _normed(torch.randn(30, d_t, generator=g, dtype=D))
+    ref_x = es.clone().requires_grad_()
+    ns = _normed(ref_x)
+    ref = (nt @ nt.T - ns @ ns.T).square().sum()
+    ref.backward()
+    x = es.clone().requires_grad_()
+    got = ftd_loss(x, nt)
+    got.backward()
+    assert float(got.detach()) == pytest.approx(float(ref.detach()), rel=1e-10)
+    assert torch.allclose(x.grad, ref_x.grad, atol=1e-10)
+
+
 def test_gumbel_softmax_keeps_double_precision():
     from recpress.distill.experts import gumbel_softmax
 

@@ -89,6 +89,42 @@ def _normalize(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x, dim=-1, eps=1e-12)
 
 
+def _gram_sq_norm(x: torch.Tensor) -> torch.Tensor:
+    """‖XᵀX‖²_F without gradient, computing only the upper half of the symmetric Gram.
+
+    With X = [X₁ | X₂] (columns): ‖X₁ᵀX₁‖² + ‖X₂ᵀX₂‖² + 2‖X₁ᵀX₂‖², ¾ of the full product.
+    """
+    with torch.no_grad():
+        d = x.shape[-1]
+        if d < 64:
+            return (x.transpose(-2, -1) @ x).square().sum()
+        x1, x2 = x[..., : d // 2], x[..., d // 2 :]
+        return (
+            (x1.transpose(-2, -1) @ x1).square().sum()
+            + (x2.transpose(-2, -1) @ x2).square().sum()
+            + 2.0 * (x1.transpose(-2, -1) @ x2).square().sum()
+        )
+
+
+class _FTDCross(torch.autograd.Function):
+    """‖N_sᵀN_s‖²_F − 2‖N_tᵀN_s‖²_F with the backward by hand: 4·(N_s·G_ss − N_t·G_ts).
+
+    Autograd would differentiate N_sᵀN_s through both operands (two GEMMs); this is one addmm.
+    """
+
+    @staticmethod
+    def forward(ctx, ns, nt):  # noqa: D102 - see the class docstring
+        g_ts = nt.T @ ns
+        g_ss = ns.T @ ns
+        ctx.save_for_backward(ns, nt, g_ts, g_ss)
+        return g_ss.square().sum() - 2.0 * g_ts.square().sum()
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        ns, nt, g_ts, g_ss = ctx.saved_tensors
+        return torch.addmm(ns @ g_ss, nt, g_ts, alpha=-1.0).mul_(4.0 * grad), None
+
+
 def ftd_loss(student: torch.Tensor, teacher_normed: torch.Tensor) -> torch.Tensor:
     """‖cos(E^t, E^t) − cos(E^s, E^s)‖²_F (sum over all n² pairs) without n×n matrices.
 
@@ -98,11 +134,7 @@ def ftd_loss(student: torch.Tensor, teacher_normed: torch.Tensor) -> torch.Tenso
     """
     ns = _normalize(student)
     nt = teacher_normed.to(ns.dtype)
-    with torch.no_grad():
-        tt = (nt.T @ nt).square().sum()
-    ts = (nt.T @ ns).square().sum()
-    ss = (ns.T @ ns).square().sum()
-    return tt - 2.0 * ts + ss
+    return _gram_sq_norm(nt) + _FTDCross.apply(ns, nt)
 
 
 def _group_layout(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -238,10 +270,7 @@ def htd_entity_loss(
         if use_gram:
             pt_t = pt.transpose(1, 2)
             with torch.no_grad():
-                if m > d_t:
-                    tt = torch.bmm(pt_t, pt).square().sum()
-                else:
-                    tt = torch.bmm(pt, pt_t).square().sum()
+                tt = _gram_sq_norm(pt) if m > d_t else _gram_sq_norm(pt_t)
             ts = torch.bmm(pt_t, ps).square().sum()
             ss = torch.bmm(ps.transpose(1, 2), ps).square().sum()
             total = total + (tt - 2.0 * ts + ss)

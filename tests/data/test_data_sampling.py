@@ -124,3 +124,31 @@ def test_cuda_sampling():
     s = Split(m, empty, empty.copy(), np.arange(m.shape[0]), np.arange(m.shape[1]))
     u, p, n = epoch_triples(s, torch.Generator().manual_seed(0), "cuda")  # CPU generator too
     assert u.is_cuda and not dense[u, n].any() and dense[u, p].all()
+
+
+def test_sample_excluding_extra_lists_sorted_or_not_and_repeated_rows():
+    m = dense_csr(40, 60, density=0.3, seed=2)
+    indptr, indices = tensors(m)
+    dense = torch.as_tensor(m.toarray() > 0)
+    gen = torch.Generator().manual_seed(3)
+    rows = torch.randint(40, (25,), generator=gen)  # repeats allowed
+    extra = torch.full((25, 8), -1, dtype=torch.int64)
+    for p, r in enumerate(rows.tolist()):  # up to 8 allowed columns, shuffled, −1 padded
+        free = torch.nonzero(~dense[r])[:, 0]
+        pick = free[torch.randperm(free.numel(), generator=gen)[: (p % 9)]]
+        extra[p, : pick.numel()] = pick
+    outs = []
+    for is_sorted in (False, True):
+        ex = torch.sort(extra, 1).values if is_sorted else extra
+        g = torch.Generator().manual_seed(0)
+        outs.append(
+            sample_excluding(
+                indptr, indices, rows, 60, 5, g, ex, replacement=False, extra_sorted=is_sorted
+            )
+        )
+    assert torch.equal(outs[0], outs[1])  # same draws, same decisions
+    out = outs[0]
+    assert not dense[rows.unsqueeze(1).expand_as(out), out].any()
+    assert not ((out.unsqueeze(2) == extra.unsqueeze(1)) & (extra.unsqueeze(1) >= 0)).any()
+    srt = out.sort(1).values
+    assert (srt[:, 1:] != srt[:, :-1]).all()

@@ -147,6 +147,7 @@ def sample_excluding(
     extra_forbidden: torch.Tensor | None = None,
     replacement: bool = True,
     max_rounds: int = 10_000,
+    extra_sorted: bool = False,
 ) -> torch.Tensor:
     """Draw `k` columns per row uniformly from C \\ (CSR row ∪ extra_forbidden row).
 
@@ -155,6 +156,8 @@ def sample_excluding(
     ``replacement=False`` a row's k draws are also distinct (duplicates are rejected and
     redrawn), i.e. uniform without replacement from the allowed set; then the allowed set must
     hold at least k columns (extra lists are assumed duplicate-free and disjoint from the row).
+    ``extra_sorted=True`` promises that every row of ``extra_forbidden`` is already sorted
+    ascending (callers that reuse the same lists every epoch sort them once).
     Returns (len(rows), k) int64 on ``rows.device``.
     """
     rows = rows.to(torch.int64)
@@ -163,15 +166,32 @@ def sample_excluding(
     n_extra = None
     if extra_forbidden is not None:
         extra_forbidden = extra_forbidden.to(device=device, dtype=torch.int64)
-        n_extra = (extra_forbidden >= 0).sum(1)
+        if extra_sorted and extra_forbidden.numel():  # the −1 pads come first in each row
+            zero = torch.zeros(extra_forbidden.shape[0], 1, dtype=torch.int64, device=device)
+            pads = torch.searchsorted(extra_forbidden, zero).squeeze(1)
+            n_extra = extra_forbidden.shape[1] - pads
+        else:
+            n_extra = (extra_forbidden >= 0).sum(1)
     if rows.numel():
         _check_room(indptr, rows, n_cols, k if not replacement else 1, n_extra)
+
+    extra_seq = None
+    if extra_forbidden is not None and extra_forbidden.numel():
+        # each row's extra list sorted (−1 pads first), then tested by a batched
+        # searchsorted: O(log m) per draw instead of comparing against all m entries
+        extra_seq = extra_forbidden if extra_sorted else torch.sort(extra_forbidden, 1).values
+    n_all = rows.numel() * k
 
     def bad(pos: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
         r = pos // k
         rej = _is_member(keys, rows[r] * n_cols + vals)
-        if extra_forbidden is not None and extra_forbidden.numel():
-            rej |= (extra_forbidden[r] == vals.unsqueeze(1)).any(1)
+        if extra_seq is not None:
+            if pos.numel() == n_all:  # the first, full round: rows in order, k draws each
+                seq, q = extra_seq, vals.view(-1, k)
+            else:
+                seq, q = extra_seq[r], vals.unsqueeze(1)
+            at = torch.searchsorted(seq, q).clamp_(max=seq.shape[1] - 1)
+            rej |= (torch.gather(seq, 1, at) == q).view(-1)
         return rej
 
     def dups(d: torch.Tensor) -> torch.Tensor:

@@ -25,9 +25,32 @@ import torch
 from recpress.data.sampling import sample_excluding
 from recpress.distill.base import Distiller
 from recpress.distill.registry import register
+from recpress.models.bpr import BPRMF
 
 #: stands in for the score of a missing (−1 padded) list entry: finite, so no NaN in gradients
 _MISSING = -1e30
+
+
+#: the fast path (float64 exponentials shifted by the row max) is used while every row's score
+#: spread stays below this, so no exponential can underflow to 0 (float64 reaches e^-745)
+_FAST_SPREAD = 600.0
+
+
+def _rrd_reference(s, s_un, valid):
+    lse_un = torch.logsumexp(s_un, dim=1, keepdim=True)
+    suffix = torch.flip(torch.logcumsumexp(torch.flip(s, [1]), dim=1), [1])
+    return s - torch.logaddexp(suffix, lse_un)
+
+
+def _rrd_fast(s, s_un, valid, shift):
+    """Same terms with one float64 cumsum: exp(s − m) summed from the right, m = row max."""
+    x = s.double() - shift
+    e = torch.exp(x)
+    if valid is not None:
+        e = torch.where(valid, e, torch.zeros_like(e))
+    tail = torch.exp(s_un.double() - shift).sum(1, keepdim=True)
+    suffix = torch.flip(torch.cumsum(torch.flip(e, [1]), dim=1), [1]) + tail
+    return (x - torch.log(suffix)).to(s.dtype)
 
 
 def relaxed_ranking_loss(
@@ -35,14 +58,25 @@ def relaxed_ranking_loss(
 ) -> torch.Tensor:
     """Per-row RRD loss: scores (B, K) in teacher order and (B, L) → (B,).
 
-    ``valid`` (B, K) bool marks real list entries (missing ones are skipped).
+    ``valid`` (B, K) bool marks real list entries (missing ones are skipped). Computed in
+    float64 from exponentials shifted by each row's maximum (one cumsum) when no row spans
+    more than 600 in score; otherwise by log-cumsum-exp (always overflow-free).
     """
     s = s_interesting.float()
+    s_un = s_uninteresting.float()
     if valid is not None:
         s = torch.where(valid, s, torch.full_like(s, _MISSING))
-    lse_un = torch.logsumexp(s_uninteresting.float(), dim=1, keepdim=True)
-    suffix = torch.flip(torch.logcumsumexp(torch.flip(s, [1]), dim=1), [1])
-    term = s - torch.logaddexp(suffix, lse_un)
+    term = None
+    if s.numel() and s_un.shape[1]:
+        with torch.no_grad():
+            hi = torch.maximum(s.amax(1, keepdim=True), s_un.amax(1, keepdim=True))
+            lo_s = s if valid is None else torch.where(valid, s, hi.expand_as(s))
+            lo = torch.minimum(lo_s.amin(1, keepdim=True), s_un.amin(1, keepdim=True))
+            spread = float((hi - lo).max())
+        if spread < _FAST_SPREAD:  # also False for NaN / inf
+            term = _rrd_fast(s, s_un, valid, hi.double())
+    if term is None:
+        term = _rrd_reference(s, s_un, valid)
     if valid is not None:
         term = torch.where(valid, term, torch.zeros_like(term))
     return -term.sum(1)
@@ -73,14 +107,32 @@ class _Side:
     """Per-epoch sampling for one side (rows = users for RRD, items for IR-RRD)."""
 
     @staticmethod
-    def sample(lists, k, n_unint, temperature, interesting, indptr, indices, n_cols, generator):
+    def forbidden(lists, n_unint, indptr, n_cols):
+        """The rows' extra forbidden columns for sample_excluding, each row sorted ascending
+        (fixed for a run: computed once and reused every epoch)."""
+        deg = indptr[1:] - indptr[:-1]
+        return torch.sort(_limit_forbidden(lists, deg, n_cols, n_unint), dim=1).values
+
+    @staticmethod
+    def sample(
+        lists,
+        k,
+        n_unint,
+        temperature,
+        interesting,
+        indptr,
+        indices,
+        n_cols,
+        generator,
+        forbidden=None,
+    ):
         if interesting == "deterministic":
             inter = lists[:, :k].clone()
         else:
             inter = rank_sample(lists, k, temperature, generator)
         rows = torch.arange(lists.shape[0], device=lists.device)
-        deg = indptr[1:] - indptr[:-1]
-        forbidden = _limit_forbidden(lists, deg, n_cols, n_unint)
+        if forbidden is None:
+            forbidden = _Side.forbidden(lists, n_unint, indptr, n_cols)
         unint = sample_excluding(
             indptr,
             indices,
@@ -90,8 +142,59 @@ class _Side:
             generator,
             extra_forbidden=forbidden,
             replacement=False,
+            extra_sorted=True,
         )
         return inter, unint
+
+    @staticmethod
+    def cached(owner, name, lists, n_unint, indptr, n_cols):
+        """`forbidden` memoised on `owner` (recomputed if the lists moved device)."""
+        got = owner.__dict__.get(name)
+        if got is None or got.device != lists.device:
+            got = _Side.forbidden(lists, n_unint, indptr, n_cols)
+            owner.__dict__[name] = got
+        return got
+
+
+def _is_dot_model(student) -> bool:
+    """A student scored by the plain dot product of its embeddings (BPR-MF)."""
+    return type(student).score_items is BPRMF.score_items
+
+
+def _rows_once(embed, idx: torch.Tensor, n: int) -> torch.Tensor:
+    """``embed(idx)`` (idx.shape + (d,)), with every distinct row read from the model once:
+    the model's (sparse) gradient then has one row per distinct id instead of one per entry."""
+    flat = idx.reshape(-1)
+    seen = torch.zeros(n, dtype=torch.bool, device=idx.device)
+    seen[flat] = True
+    uniq = seen.nonzero().squeeze(1)
+    slot = torch.cumsum(seen, 0) - 1
+    rows = embed(uniq)
+    return rows.index_select(0, slot[flat]).view(*idx.shape, rows.shape[1])
+
+
+def _pair_scores(student, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """``student.score_items(users, items)`` (users (B,), items (B, C) → (B, C))."""
+    if _is_dot_model(student):
+        e_u = student.user_embeddings(users)
+        e_i = _rows_once(student.item_embeddings, items, student.n_items)
+        return (e_i * e_u.unsqueeze(1)).sum(-1)
+    return student.score_items(users, items)
+
+
+def _item_side_scores(student, items: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+    """Scores s(users[r, c], items[r]): items (R,), users (R, C) → (R, C).
+
+    A dot-product student (BPR-MF) is scored from its embeddings directly (each user row read
+    once); any other model through ``score_items`` with one (user, item) pair per row.
+    """
+    if _is_dot_model(student):
+        e_u = _rows_once(student.user_embeddings, users, student.n_users)  # (R, C, d)
+        e_i = student.item_embeddings(items)  # (R, d)
+        return (e_u * e_i.unsqueeze(1)).sum(-1)
+    n_c = users.shape[1]
+    flat_items = items.unsqueeze(1).expand(-1, n_c).reshape(-1, 1)
+    return student.score_items(users.reshape(-1), flat_items).view(-1, n_c)
 
 
 @register
@@ -162,6 +265,7 @@ class RelaxedRankingDistillation(Distiller):
             self.indices,
             self.n_items,
             generator,
+            _Side.cached(self, "_forbidden_u", self.user_lists, self.L, self.indptr, self.n_items),
         )
         self.interesting.copy_(inter)
         self.uninteresting.copy_(unint)
@@ -169,7 +273,7 @@ class RelaxedRankingDistillation(Distiller):
     def _user_side(self, student, users: torch.Tensor) -> torch.Tensor:
         inter, unint = self.interesting[users], self.uninteresting[users]
         valid = inter >= 0
-        scores = student.score_items(users, torch.cat([inter.clamp_min(0), unint], 1))
+        scores = _pair_scores(student, users, torch.cat([inter.clamp_min(0), unint], 1))
         per = relaxed_ranking_loss(scores[:, : self.K], scores[:, self.K :], valid)
         return per.sum() if self.reduction == "sum" else per.mean()
 
@@ -251,6 +355,9 @@ class ItemRankingRRD(RelaxedRankingDistillation):
             self.t_indices,
             self.n_users,
             generator,
+            _Side.cached(
+                self, "_forbidden_i", self.item_lists, self.L_I, self.t_indptr, self.n_users
+            ),
         )
         self.item_interesting.copy_(inter)
         self.item_uninteresting.copy_(unint)
@@ -263,9 +370,7 @@ class ItemRankingRRD(RelaxedRankingDistillation):
         inter, unint = self.item_interesting[items], self.item_uninteresting[items]
         valid = inter >= 0
         cand = torch.cat([inter.clamp_min(0), unint], 1)  # (I, K_I + L_I) users
-        n_c = cand.shape[1]
-        flat_items = items.unsqueeze(1).expand(-1, n_c).reshape(-1, 1)
-        scores = student.score_items(cand.reshape(-1), flat_items).view(-1, n_c)
+        scores = _item_side_scores(student, items, cand)
         k = inter.shape[1]
         per = relaxed_ranking_loss(scores[:, :k], scores[:, k:], valid)
         item_side = per.sum() if self.reduction == "sum" else per.mean()

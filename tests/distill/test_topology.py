@@ -277,6 +277,25 @@ def test_mix_experts_sparse_gradients_match_dense(zero_frac):
         assert torch.allclose(a, b, atol=1e-10)
 
 
+def test_dense_mixture_gradients_match_plain_autograd():
+    from recpress.distill.experts import dense_mixture
+
+    bank = _bank(k=4)
+    g = torch.Generator().manual_seed(8)
+    x = torch.randn(11, 3, generator=g, dtype=D, requires_grad=True)
+    w = torch.softmax(torch.randn(11, 4, generator=g, dtype=D), -1).requires_grad_()
+    target = torch.randn(11, 6, generator=g, dtype=D)
+    params = [x, w, bank.w1, bank.b1, bank.w2, bank.b2]
+    hidden = torch.relu(torch.einsum("nd,mdh->nmh", x, bank.w1) + bank.b1)
+    ref_out = torch.einsum("nm,nmt->nt", w, torch.einsum("nmh,mht->nmt", hidden, bank.w2) + bank.b2)
+    ref = torch.autograd.grad((target - ref_out).square().sum(), params)
+    out = dense_mixture(bank, x, w)
+    got = torch.autograd.grad((target - out).square().sum(), params)
+    assert torch.allclose(out, ref_out, atol=1e-12)
+    for a, b in zip(got, ref, strict=True):
+        assert torch.allclose(a, b, atol=1e-10)
+
+
 class _FixedKnowledge:
     def __init__(self, tu, ti):
         self._tu, self._ti = tu, ti

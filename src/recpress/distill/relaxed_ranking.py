@@ -64,6 +64,8 @@ def relaxed_ranking_loss(
     """
     s = s_interesting.float()
     s_un = s_uninteresting.float()
+    if valid is not None and bool(valid.all()):
+        valid = None  # nothing to mask: skip the masking ops (same result)
     if valid is not None:
         s = torch.where(valid, s, torch.full_like(s, _MISSING))
     term = None

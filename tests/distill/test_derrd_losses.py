@@ -318,3 +318,23 @@ def test_rrd_fast_path_matches_logcumsumexp_reference():
     g_ref = torch.autograd.grad(ref.sum(), (s_int, s_un))
     for a, b in zip(g_fast, g_ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_gather_dot_matches_autograd_and_reads_rows_once():
+    from recpress.distill.relaxed_ranking import _dot_gathered
+
+    gen = torch.Generator().manual_seed(6)
+    emb = torch.nn.Embedding(9, 4, sparse=True).double()
+    vec = torch.randn(5, 4, generator=gen, dtype=torch.float64, requires_grad=True)
+    idx = torch.randint(9, (5, 7), generator=gen)
+    got = _dot_gathered(emb, idx, 9, vec)
+    w = torch.randn(5, 7, generator=gen, dtype=torch.float64)
+    (got * w).sum().backward()
+    g_emb, g_vec = emb.weight.grad.coalesce(), vec.grad.clone()
+    assert g_emb.indices().numel() == torch.unique(idx).numel()  # one row per distinct id
+    emb.weight.grad, vec.grad = None, None
+    ref = (emb.weight[idx] * vec.unsqueeze(1)).sum(-1)
+    (ref * w).sum().backward()
+    torch.testing.assert_close(got, ref)
+    torch.testing.assert_close(g_emb.to_dense(), emb.weight.grad.to_dense())
+    torch.testing.assert_close(g_vec, vec.grad)

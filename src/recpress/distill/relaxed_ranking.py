@@ -20,6 +20,8 @@ The per-epoch samples are buffers (saved with the distiller's state for an exact
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from recpress.data.sampling import sample_excluding
@@ -163,24 +165,62 @@ def _is_dot_model(student) -> bool:
     return type(student).score_items is BPRMF.score_items
 
 
-def _rows_once(embed, idx: torch.Tensor, n: int) -> torch.Tensor:
-    """``embed(idx)`` (idx.shape + (d,)), with every distinct row read from the model once:
-    the model's (sparse) gradient then has one row per distinct id instead of one per entry."""
+class _GatherDot(torch.autograd.Function):
+    """scores[r, c] = table[slot[r, c]] · vec[r]: table (T, d), vec (R, d), slot (R, C) → (R, C).
+
+    Backward without the (R, C, d) intermediate: the gradient is a sparse (R, T) matrix G with
+    exactly C entries per row, so ∂vec = G @ table (CSR) and ∂table = Gᵀ @ vec (COO).
+    """
+
+    @staticmethod
+    def forward(ctx, table, vec, slot):
+        ctx.save_for_backward(table, vec, slot)
+        n_r, n_c = slot.shape
+        rows = table.index_select(0, slot.reshape(-1)).view(n_r, n_c, -1)
+        return torch.bmm(rows, vec.unsqueeze(2)).squeeze(2)
+
+    @staticmethod
+    def backward(ctx, grad):
+        table, vec, slot = ctx.saved_tensors
+        n_r, n_c = slot.shape
+        g = grad.reshape(-1).contiguous().to(table.dtype)
+        cols = slot.reshape(-1)
+        grad_table = grad_vec = None
+        if ctx.needs_input_grad[1]:
+            crow = torch.arange(0, n_r * n_c + 1, n_c, device=slot.device)
+            with warnings.catch_warnings():  # "sparse CSR support is in beta"
+                warnings.simplefilter("ignore", UserWarning)
+                g_csr = torch.sparse_csr_tensor(
+                    crow, cols, g, (n_r, table.shape[0]), check_invariants=False
+                )
+            grad_vec = g_csr @ table
+        if ctx.needs_input_grad[0]:
+            rows = torch.arange(n_r, device=slot.device).repeat_interleave(n_c)
+            g_t = torch.sparse_coo_tensor(
+                torch.stack([cols, rows]), g, (table.shape[0], n_r), check_invariants=False
+            )
+            grad_table = torch.sparse.mm(g_t, vec)
+        return grad_table, grad_vec, None
+
+
+def _dot_gathered(embed, idx: torch.Tensor, n: int, vec: torch.Tensor) -> torch.Tensor:
+    """scores[r, c] = embed(idx[r, c]) · vec[r] (idx (R, C), vec (R, d)), with every distinct
+    row read from the model once: the model's (sparse) gradient then has one row per distinct
+    id instead of one per entry."""
     flat = idx.reshape(-1)
     seen = torch.zeros(n, dtype=torch.bool, device=idx.device)
     seen[flat] = True
     uniq = seen.nonzero().squeeze(1)
-    slot = torch.cumsum(seen, 0) - 1
-    rows = embed(uniq)
-    return rows.index_select(0, slot[flat]).view(*idx.shape, rows.shape[1])
+    slot = (torch.cumsum(seen, 0) - 1)[idx]
+    return _GatherDot.apply(embed(uniq), vec, slot)
 
 
 def _pair_scores(student, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
     """``student.score_items(users, items)`` (users (B,), items (B, C) → (B, C))."""
     if _is_dot_model(student):
-        e_u = student.user_embeddings(users)
-        e_i = _rows_once(student.item_embeddings, items, student.n_items)
-        return (e_i * e_u.unsqueeze(1)).sum(-1)
+        return _dot_gathered(
+            student.item_embeddings, items, student.n_items, student.user_embeddings(users)
+        )
     return student.score_items(users, items)
 
 
@@ -191,9 +231,9 @@ def _item_side_scores(student, items: torch.Tensor, users: torch.Tensor) -> torc
     once); any other model through ``score_items`` with one (user, item) pair per row.
     """
     if _is_dot_model(student):
-        e_u = _rows_once(student.user_embeddings, users, student.n_users)  # (R, C, d)
-        e_i = student.item_embeddings(items)  # (R, d)
-        return (e_u * e_i.unsqueeze(1)).sum(-1)
+        return _dot_gathered(
+            student.user_embeddings, users, student.n_users, student.item_embeddings(items)
+        )
     n_c = users.shape[1]
     flat_items = items.unsqueeze(1).expand(-1, n_c).reshape(-1, 1)
     return student.score_items(users.reshape(-1), flat_items).view(-1, n_c)

@@ -179,6 +179,27 @@ def test_ftd_gradient_matches_autograd_on_explicit_matrices(d_t):
     assert torch.allclose(x.grad, ref_x.grad, atol=1e-10)
 
 
+def test_entity_term_mixed_gram_and_pairs(monkeypatch):
+    """Some groups in Gram form, the rest as padded pairs: same value and gradient."""
+    import recpress.distill.topology as topo
+
+    g = torch.Generator().manual_seed(12)
+    es = torch.randn(50, 3, generator=g, dtype=D)
+    nt = _normed(torch.randn(50, 5, generator=g, dtype=D))
+    groups = torch.tensor([0] * 20 + [1] * 12 + [2] * 9 + [3] * 5 + [4] * 3 + [5])
+    groups = groups[torch.randperm(50, generator=g)]
+    out = []
+    for rule in (lambda m, d_s, d_t: False, lambda m, d_s, d_t: m > 6):
+        monkeypatch.setattr(topo, "_use_gram", rule)
+        x = es.clone().requires_grad_()
+        loss = htd_entity_loss(x, nt, groups, "all")
+        loss.backward()
+        out.append((float(loss.detach()), x.grad))
+    assert out[1][0] == pytest.approx(out[0][0], rel=1e-10)
+    assert torch.allclose(out[1][1], out[0][1], atol=1e-10)
+    assert out[0][0] == pytest.approx(slow_entity(es, nt, groups, "all"), rel=1e-9)
+
+
 def test_gumbel_softmax_keeps_double_precision():
     from recpress.distill.experts import gumbel_softmax
 

@@ -248,9 +248,9 @@ def htd_entity_loss(
     on both sides (cosine 0), so they add nothing, and are excluded by the teacher-positive
     filter.
 
-    With ``pair_filter="all"`` a block of large groups uses the Gram form instead (as FTD, per
-    group g: ‖N_tᵀN_t‖²_F − 2‖N_tᵀN_s‖²_F + ‖N_sᵀN_s‖²_F over the group's rows), which costs
-    O(n_g·d²) instead of O(n_g²·d); ``gram=None`` picks the cheaper form per block,
+    With ``pair_filter="all"`` a large group uses the Gram form instead (as FTD, per group g:
+    ‖N_tᵀN_t‖²_F − 2‖N_tᵀN_s‖²_F + ‖N_sᵀN_s‖²_F over the group's own rows, unpadded), which
+    costs O(n_g·d²) instead of O(n_g²·d); ``gram=None`` picks the cheaper form per group,
     ``True``/``False`` forces it (the filter needs the pairs, so it always uses them).
     """
     if pair_filter not in ("all", "teacher_positive"):
@@ -260,21 +260,35 @@ def htd_entity_loss(
     d_s, d_t = ns.shape[1], nt.shape[1]
     inverse, counts, _ = _group_layout(groups)
     total = ns.new_zeros(())
+    if pair_filter == "all" and gram is not False:
+        # Gram form, one group at a time on its own (unpadded) rows
+        sizes = counts.tolist()
+        big = [gram is True or _use_gram(c, d_s, d_t) for c in sizes]
+        if any(big):
+            order = torch.argsort(inverse, stable=True)
+            starts = [0]
+            for c in sizes:
+                starts.append(starts[-1] + c)
+            for g, (c, use) in enumerate(zip(sizes, big, strict=True)):
+                if not use:
+                    continue
+                rows = order[starts[g] : starts[g] + c]
+                pt = nt.index_select(0, rows)
+                with torch.no_grad():
+                    tt = _gram_sq_norm(pt) if c > d_t else _gram_sq_norm(pt.T)
+                total = total + (tt + _FTDCross.apply(ns.index_select(0, rows), pt))
+            if all(big):
+                return total
+            small = ~torch.tensor(big, device=counts.device)
+            keep = small[inverse]
+            ns, nt = ns[keep], nt[keep]
+            inverse, counts, _ = _group_layout(inverse[keep])
     for idx, slot, n_blocks, m in _group_blocks(inverse, counts):
         ps = ns.new_zeros(n_blocks * m, d_s).index_copy(0, slot, ns[idx])
         ps = ps.view(n_blocks, m, d_s)
         with torch.no_grad():
             pt = nt.new_zeros(n_blocks * m, d_t).index_copy(0, slot, nt[idx])
             pt = pt.view(n_blocks, m, d_t)
-        use_gram = pair_filter == "all" and (_use_gram(m, d_s, d_t) if gram is None else bool(gram))
-        if use_gram:
-            pt_t = pt.transpose(1, 2)
-            with torch.no_grad():
-                tt = _gram_sq_norm(pt) if m > d_t else _gram_sq_norm(pt_t)
-            ts = torch.bmm(pt_t, ps).square().sum()
-            ss = torch.bmm(ps.transpose(1, 2), ps).square().sum()
-            total = total + (tt - 2.0 * ts + ss)
-            continue
         total = total + _pair_blocks_loss(ps, pt, pair_filter == "teacher_positive")
     return total
 

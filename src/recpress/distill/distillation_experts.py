@@ -17,72 +17,35 @@ from __future__ import annotations
 import torch
 
 from recpress.distill.base import Distiller
-from recpress.distill.experts import ExpertBank, annealed_tau, gumbel_softmax
+from recpress.distill.experts import (
+    ExpertBank,
+    annealed_tau,
+    dense_mixture,
+    gumbel_softmax,
+    mix_experts,
+)
 from recpress.distill.registry import register
 from recpress.errors import ConfigError
 
-#: pairs (entity, expert) with z < SPARSE_EPS · max_m z are dropped by the sparse path
+#: (entity, expert) pairs with z < SPARSE_EPS · max_m z are skipped by the sparse dispatch
+#: (applied as the absolute threshold SPARSE_EPS / M ≤ SPARSE_EPS · max_m z, since max_m z ≥ 1/M)
 SPARSE_EPS = 1e-7
-#: the sparse path is used when at most this fraction of the (n, M) pairs is kept
-SPARSE_MAX_FILL = 0.25
-
-
-def _mixture_dense(bank: ExpertBank, student: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """Σ_m z_m E_m(e^s) for all pairs as two GEMMs, never building the (n, M, d_t) tensor:
-
-    hidden = ReLU(e^s @ [W1_1 … W1_M] + b1)                        (n, M·h)
-    mixed  = [z_1 hidden_1, …, z_M hidden_M] @ vstack(W2_m) + z @ b2   (n, d_t)
-    """
-    n = student.shape[0]
-    m, d_s, h = bank.w1.shape
-    w1 = bank.w1.permute(1, 0, 2).reshape(d_s, m * h)
-    hidden = torch.relu(torch.addmm(bank.b1.reshape(1, m * h), student, w1))
-    zh = (hidden.view(n, m, h) * z.unsqueeze(2)).view(n, m * h)
-    return torch.addmm(z @ bank.b2, zh, bank.w2.reshape(m * h, -1))
-
-
-def _mixture_sparse(
-    bank: ExpertBank, student: torch.Tensor, z: torch.Tensor, keep: torch.Tensor
-) -> torch.Tensor:
-    """Σ_m z_m E_m(e^s) over the kept (entity, expert) pairs only: one GEMM pair per expert
-    on the entities routed to it, results scattered back with one index_add."""
-    ent, exp = keep.nonzero(as_tuple=True)  # row-major: sorted by entity
-    order = torch.argsort(exp, stable=True)
-    ent, exp = ent[order], exp[order]
-    counts = torch.bincount(exp, minlength=bank.n_experts).tolist()
-    zs = z[ent, exp].unsqueeze(1)
-    x = student.index_select(0, ent)
-    outs = []
-    start = 0
-    for m, c in enumerate(counts):
-        if c == 0:
-            continue
-        xm = x[start : start + c]
-        hm = torch.relu(torch.addmm(bank.b1[m], xm, bank.w1[m]))
-        outs.append(torch.addmm(bank.b2[m], hm, bank.w2[m]))
-        start += c
-    contrib = torch.cat(outs) * zs
-    out = torch.zeros(
-        student.shape[0], bank.teacher_dim, dtype=contrib.dtype, device=contrib.device
-    )
-    return out.index_add(0, ent, contrib)
 
 
 def expert_mixture(
     bank: ExpertBank, student: torch.Tensor, z: torch.Tensor, sparse: bool | None = None
 ) -> torch.Tensor:
-    """Σ_m z_m E_m(e^s): (n, d_t). ``sparse=None`` picks the sparse path when few pairs carry
-    weight ≥ SPARSE_EPS · max (dropping the others changes the result by < 1e-7 relative);
-    ``True``/``False`` force a path (``False`` is exact)."""
-    z = z.to(student.dtype)
-    if sparse is False or z.numel() == 0:
-        return _mixture_dense(bank, student, z)
-    with torch.no_grad():
-        keep = z >= SPARSE_EPS * z.amax(1, keepdim=True)
-        fill = float(keep.sum()) / z.numel()
-    if sparse is None and fill > SPARSE_MAX_FILL:
-        return _mixture_dense(bank, student, z)
-    return _mixture_sparse(bank, student, z, keep)
+    """Σ_m z_m E_m(e^s): (n, d_t), via ``experts.mix_experts``.
+
+    ``sparse=None``: experts run only on the pairs with z > SPARSE_EPS / M when few pairs are
+    kept (τ annealed), the dense two-GEMM mixture otherwise; the skipped weights change the
+    result by < 1e-7 relative. ``True`` forces the sparse dispatch, ``False`` the exact dense
+    mixture (no (n, M, d_t) tensor in either).
+    """
+    if sparse is False:
+        return dense_mixture(bank, student, z)
+    thr = SPARSE_EPS / bank.n_experts
+    return mix_experts(bank, student, z, threshold=thr, dense_above=1.0 if sparse else 0.7)
 
 
 def expert_error(

@@ -186,8 +186,14 @@ class _GroupedExperts(torch.autograd.Function):
         gy = gy.contiguous()
         need_x, need_w = ctx.needs_input_grad[0], any(ctx.needs_input_grad[3:])
         gh = torch.empty_like(hidden)
-        gw1 = torch.zeros_like(w1) if need_w else None
-        gw2 = torch.zeros_like(w2) if need_w else None
+        gw1 = gw2 = None
+        if need_w:  # every used expert's slice is overwritten below; zero only the unused ones
+            gw1, gw2 = torch.empty_like(w1), torch.empty_like(w2)
+            used = torch.zeros(w1.shape[0], dtype=torch.bool)
+            used[[m for m, _, _ in ctx.spans]] = True
+            unused = (~used).to(w1.device)
+            gw1[unused] = 0.0
+            gw2[unused] = 0.0
         for m, lo, hi in ctx.spans:
             if need_w:
                 torch.mm(hidden[lo:hi].T, gy[lo:hi], out=gw2[m])

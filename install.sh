@@ -14,8 +14,10 @@ elif [ "$want" = cuda ] || { [ "$want" = auto ] && command -v nvidia-smi >/dev/n
      && nvidia-smi -L >/dev/null 2>&1; }; then
   echo "install.sh: GPU found: installing the default (CUDA) torch build"
   "$PY" -m pip install "torch>=2.1"
-elif "$PY" -m pip install --no-index "torch==2.13.0" >/dev/null 2>&1; then
-  echo "install.sh: installed the local CPU build of torch 2.13.0"
+elif "$PY" -m pip install --dry-run --no-deps --no-index "torch==2.13.0" 2>/dev/null \
+     | grep -q "+cpu"; then
+  echo "install.sh: no GPU: installing the local CPU build of torch 2.13.0"
+  "$PY" -m pip install "torch==2.13.0"
 else
   echo "install.sh: no GPU: installing a CPU-only torch build"
   "$PY" -m pip install torch --index-url https://download.pytorch.org/whl/cpu

@@ -53,6 +53,8 @@ from recpress.serving.recommender import TopKRecommender
 ROOT = Path(__file__).resolve().parents[1]
 #: chunk sizes (scores per chunk) tried for the all-user throughput, best kept per model
 CHUNK_ELEMENTS = (2**18, 2**19, 2**20, 2**22)
+#: item block sizes of the exact two-stage top-k tried, best kept per model
+BLOCKS = (16, 32, 64)
 
 
 def ensure_run(out: Path, dim: int, epochs: int, dataset: str) -> Path:
@@ -237,14 +239,19 @@ def main() -> None:
     # 1. throughput and latency, interleaved so both see the same machine load; each model gets
     #    its best chunk size (scores per chunk) so neither is handicapped by a cache setting
     thr: dict[str, list] = {"teacher": [], "student": []}
+    arts = {"teacher": teacher, "student": student}
     for _ in range(args.repeats):
-        for chunk in CHUNK_ELEMENTS:
-            for name, rec in recs.items():
-                rec.chunk_users = max(1, chunk // rec.n_items)
-                r = measure_throughput(rec, k=50, repeats=1)
-                thr[name].append({**r, "chunk_users": rec.chunk_users})
-    for name, rec in recs.items():
-        rec.chunk_users = max(thr[name], key=lambda r: r["users_per_s"])["chunk_users"]
+        for block in BLOCKS:
+            trial = {name: TopKRecommender(art, block=block) for name, art in arts.items()}
+            for chunk in CHUNK_ELEMENTS:
+                for name, rec in trial.items():
+                    rec.chunk_users = max(1, chunk // rec.n_items)
+                    r = measure_throughput(rec, k=50, repeats=1)
+                    thr[name].append({**r, "chunk_users": rec.chunk_users, "block": block})
+    for name in recs:
+        best_run = max(thr[name], key=lambda r: r["users_per_s"])
+        recs[name] = TopKRecommender(arts[name], block=best_run["block"])
+        recs[name].chunk_users = best_run["chunk_users"]
     lat = {name: measure_latency(rec, k=50, n_requests=args.requests) for name, rec in recs.items()}
     out["models"] = {}
     for name, art in (("teacher", teacher), ("student", student)):

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(ROOT / "configs" / "td-citeulike.yaml"))
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "sweep_runs"))
+    ap.add_argument("--out", default=str(ROOT / "bench" / "work" / "sweep"))
     ap.add_argument("--methods", default="none,ftd,htd")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=None, help="override teacher+student epochs")

@@ -9,7 +9,6 @@ rename. Offline, a :class:`DataError` says which file to place where and where t
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sys
@@ -29,6 +28,7 @@ from recpress.data.readers import read_lightgcn, read_movielens, read_pairs_tsv,
 from recpress.data.splits import PROTOCOLS, split, split_from_parts
 from recpress.data.types import Interactions, Split
 from recpress.errors import ConfigError, DataError, unknown_name
+from recpress.fileio import sha256_file
 
 __all__ = [
     "DATASETS",
@@ -273,7 +273,7 @@ def download_file(
                 ) from None
             final = extracted
         if sha256 is not None:
-            digest = _sha256(final)
+            digest = sha256_file(final)
             if digest != sha256.lower():
                 raise DataError(
                     f"sha256 mismatch for {url}: got {digest}, expected {sha256}. The download "
@@ -287,14 +287,6 @@ def download_file(
         for p in (tmp, extracted):
             if p is not None and p.exists():
                 p.unlink()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _copy_with_progress(resp, out, total: int | None, label: str, progress: bool) -> None:

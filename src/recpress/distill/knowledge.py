@@ -26,6 +26,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from recpress.data.types import Split
+from recpress.distill.common import mask_train_
 from recpress.errors import ConfigError
 from recpress.models.base import Recommender
 
@@ -189,7 +190,7 @@ class Knowledge:
     def _save(self, side: str, mask: bool, lists: torch.Tensor) -> None:
         if self.cache_dir is None:
             return
-        from recpress.training.trainer import atomic_write_bytes
+        from recpress.fileio import atomic_write_bytes
 
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         meta = {"fingerprint": self.split_fingerprint, "side": side, "mask_train": str(mask)}
@@ -203,20 +204,24 @@ class Knowledge:
         p = next(self.teacher.parameters(), None)
         return p.device if p is not None else torch.device("cpu")
 
+    def _teacher_scores(self, start: int, end: int, dev, mask: bool) -> torch.Tensor:
+        """Teacher scores of users start..end-1 (B, n_items); training items −inf if `mask`."""
+        users = torch.arange(start, end, device=dev)
+        scores = self.teacher.score(users).float()
+        if mask:
+            indptr = torch.as_tensor(self._train.indptr.astype(np.int64), device=dev)
+            indices = torch.as_tensor(self._train.indices.astype(np.int64), device=dev)
+            mask_train_(scores, users, indptr, indices)
+        return scores
+
     @torch.no_grad()
     def _compute_user(self, n: int, mask: bool) -> torch.Tensor:
         dev = self._device()
-        indptr, indices = self._train.indptr, self._train.indices
         chunk = max(1, CHUNK_FLOATS // max(self.n_items, 1))
         out = torch.empty((self.n_users, n), dtype=torch.int32)
         for s in range(0, self.n_users, chunk):
             e = min(s + chunk, self.n_users)
-            scores = self.teacher.score(torch.arange(s, e, device=dev)).float()
-            if mask:
-                deg = np.diff(indptr[s : e + 1])
-                rows = torch.as_tensor(np.repeat(np.arange(e - s), deg), device=dev)
-                cols = torch.as_tensor(indices[indptr[s] : indptr[e]].astype(np.int64), device=dev)
-                scores[rows, cols] = -torch.inf
+            scores = self._teacher_scores(s, e, dev, mask)
             vals, idx = torch.topk(scores, n, dim=1)
             idx[torch.isneginf(vals)] = -1
             out[s:e] = idx.to(torch.int32).cpu()
@@ -226,18 +231,12 @@ class Knowledge:
     def _compute_item(self, n: int, mask: bool) -> torch.Tensor:
         """Running top-n over user chunks of the full score matrix (items as columns)."""
         dev = self._device()
-        indptr, indices = self._train.indptr, self._train.indices
         chunk = max(1, CHUNK_FLOATS // max(self.n_items, 1))
         best_v = torch.full((0, self.n_items), -torch.inf, device=dev)
         best_i = torch.zeros((0, self.n_items), dtype=torch.int64, device=dev)
         for s in range(0, self.n_users, chunk):
             e = min(s + chunk, self.n_users)
-            scores = self.teacher.score(torch.arange(s, e, device=dev)).float()
-            if mask:
-                deg = np.diff(indptr[s : e + 1])
-                rows = torch.as_tensor(np.repeat(np.arange(e - s), deg), device=dev)
-                cols = torch.as_tensor(indices[indptr[s] : indptr[e]].astype(np.int64), device=dev)
-                scores[rows, cols] = -torch.inf
+            scores = self._teacher_scores(s, e, dev, mask)
             users = torch.arange(s, e, device=dev).unsqueeze(1).expand(-1, self.n_items)
             v = torch.cat([best_v, scores], 0)
             i = torch.cat([best_i, users], 0)

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from recpress.errors import ConfigError
-from recpress.training.trainer import CHECKPOINT, atomic_write_bytes
+from recpress.fileio import atomic_write_bytes
+from recpress.training.trainer import CHECKPOINT
 
 CONFIG = "config.yaml"
 METRICS = "metrics.json"

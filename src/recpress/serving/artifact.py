@@ -19,7 +19,6 @@ array must have the shape the manifest announces; otherwise `ArtifactError` says
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -32,6 +31,7 @@ import numpy as np
 import torch
 
 from recpress.errors import DataError
+from recpress.fileio import sha256_file
 
 FORMAT = "recpress-artifact"
 FORMAT_VERSION = 1
@@ -46,14 +46,6 @@ QUANTISATIONS = ("none", "fp16", "int8")
 
 class ArtifactError(DataError):
     """An artifact folder is missing, malformed or tampered with."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # -- quantisation ------------------------------------------------------------------------------

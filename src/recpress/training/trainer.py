@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,6 +15,7 @@ from safetensors.torch import save_file
 
 from recpress.data.sampling import epoch_triples
 from recpress.data.types import Split
+from recpress.fileio import atomic_write_bytes
 from recpress.models.base import Recommender, TripletBatch
 from recpress.training.config import TrainConfig
 from recpress.training.optim import make_optimizer
@@ -31,17 +31,6 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-def atomic_write_bytes(path: Path, writer: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same folder, then rename over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        writer(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def save_weights(module: torch.nn.Module, path: Path) -> None:

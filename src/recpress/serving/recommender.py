@@ -169,10 +169,16 @@ class TopKRecommender:
         idx = torch.as_tensor(idx, dtype=torch.int64)
         k = min(int(k), self.n_items)
         vals, tops = [], []
+        # one score buffer reused by every chunk: a fresh multi-MB tensor per chunk costs page
+        # faults that, for a small embedding dim, take longer than the matrix product itself
+        rows = min(self.chunk_users, max(len(idx), 1))
+        buffer = torch.empty((rows, self.item_emb_t.shape[1]), device=self.device)
         with torch.no_grad():
             for start in range(0, len(idx), self.chunk_users):
                 part = idx[start : start + self.chunk_users]
-                scores = self.user_emb[part.to(self.device)] @ self.item_emb_t
+                scores = torch.mm(
+                    self.user_emb[part.to(self.device)], self.item_emb_t, out=buffer[: len(part)]
+                )
                 if scores.shape[1] > self.n_items:
                     scores[:, self.n_items :] = float("-inf")
                 if exclude_seen:

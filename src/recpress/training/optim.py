@@ -45,8 +45,8 @@ class LazyAdam(torch.optim.Optimizer):
     What differs from dense Adam: the weight-decay gradient wd·θ of rows absent from a batch is
     not applied (rows are decayed only when they are used), and the bias corrections of the
     skipped steps are taken at the current step. ``flush()`` applies the pending catch-up to all
-    rows (the trainer calls it at the end of every epoch, so evaluated and saved weights are up
-    to date). Dense gradients (KD auxiliary modules) get the exact Adam update.
+    rows (the trainer calls it before every evaluation, and after every epoch when distillers
+    read the student, so evaluated and saved weights are up to date). Dense gradients (KD auxiliary modules) get the exact Adam update.
     """
 
     def __init__(
@@ -68,18 +68,17 @@ class LazyAdam(torch.optim.Optimizer):
             state["last_step"] = torch.zeros(p.shape[0], dtype=torch.int64, device=p.device)
 
     @staticmethod
-    def _catch_up(m, v, skipped, lr, b1, b2, eps, bc1, bc2_sqrt) -> torch.Tensor:
-        """Displacement of k skipped momentum-only steps; decays the gathered m, v in place.
+    def _catch_up(m, v, skipped, lr, b1, b2, eps, bc1, bc2_sqrt) -> tuple:
+        """Catch-up of k skipped momentum-only steps on gathered rows m, v (R, d).
 
-        m, v: (R, d) gathered moments; skipped: (R,) int → (R, d) displacement of θ.
+        Returns the displacement of θ (R, d) and the per-row decays β1^k, β2^k (R, 1) that the
+        caller applies to m and v (folded into its next multiplication to save a pass).
         """
         k = skipped.to(m.dtype).view(-1, *([1] * (m.dim() - 1)))
         r = b1 / math.sqrt(b2)
         series = (-lr / bc1 * r / (1.0 - r)) * (1.0 - _decay(r, k))
         displacement = (m * series).div_(v.sqrt().div_(bc2_sqrt).add_(eps))
-        m.mul_(_decay(b1, k))
-        v.mul_(_decay(b2, k))
-        return displacement
+        return displacement, _decay(b1, k), _decay(b2, k)
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: D102
@@ -104,12 +103,14 @@ class LazyAdam(torch.optim.Optimizer):
                     m = state["exp_avg"].index_select(0, rows)
                     v = state["exp_avg_sq"].index_select(0, rows)
                     skipped = (t - 1) - last.index_select(0, rows)
-                    displacement = self._catch_up(m, v, skipped, lr, b1, b2, eps, bc1, bc2_sqrt)
+                    displacement, decay1, decay2 = self._catch_up(
+                        m, v, skipped, lr, b1, b2, eps, bc1, bc2_sqrt
+                    )
                     if wd:
                         theta = p.index_select(0, rows).add_(displacement)
                         g = g.add(theta, alpha=wd)
-                    m.mul_(b1).add_(g, alpha=1 - b1)
-                    v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                    m.mul_(decay1.mul_(b1)).add_(g, alpha=1 - b1)
+                    v.mul_(decay2.mul_(b2)).addcmul_(g, g, value=1 - b2)
                     denom = v.sqrt().div_(bc2_sqrt).add_(eps)
                     displacement.addcdiv_(m, denom, value=-lr / bc1)
                     state["exp_avg"].index_copy_(0, rows, m)
@@ -144,9 +145,11 @@ class LazyAdam(torch.optim.Optimizer):
                 m = state["exp_avg"].index_select(0, rows)
                 v = state["exp_avg_sq"].index_select(0, rows)
                 skipped = t - last.index_select(0, rows)
-                displacement = self._catch_up(m, v, skipped, lr, b1, b2, eps, bc1, bc2_sqrt)
-                state["exp_avg"].index_copy_(0, rows, m)
-                state["exp_avg_sq"].index_copy_(0, rows, v)
+                displacement, decay1, decay2 = self._catch_up(
+                    m, v, skipped, lr, b1, b2, eps, bc1, bc2_sqrt
+                )
+                state["exp_avg"].index_copy_(0, rows, m.mul_(decay1))
+                state["exp_avg_sq"].index_copy_(0, rows, v.mul_(decay2))
                 p.index_add_(0, rows, displacement)
                 last.fill_(t)
 

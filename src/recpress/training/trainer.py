@@ -102,6 +102,7 @@ class Trainer:
         for d, _ in distillers:
             params += list(d.parameters())
         optimizer = make_optimizer(cfg.optimizer, params, cfg.lr, cfg.weight_decay)
+        flush = getattr(optimizer, "flush", None)
 
         run_path = Path(run_dir) if run_dir is not None else None
         if run_path is not None:
@@ -153,17 +154,17 @@ class Trainer:
                     loss.backward()
                     optimizer.step()
                     total += loss.detach()
-                flush = getattr(optimizer, "flush", None)
-                if flush is not None:
-                    flush()
                 for d, _ in distillers:
                     d.on_epoch_end(epoch)
+                is_last = epoch == cfg.epochs - 1
+                evaluating = epoch % cfg.eval_every == 0 or is_last
+                if flush is not None and (evaluating or distillers):
+                    flush()  # pending momentum of the lazy optimiser, before reading the model
                 seconds = time.perf_counter() - t0
                 train_seconds += seconds
                 row: dict = {"epoch": epoch, "loss": float(total), "seconds": round(seconds, 4)}
 
-                is_last = epoch == cfg.epochs - 1
-                if epoch % cfg.eval_every == 0 or is_last:
+                if evaluating:
                     valid = evaluate(model, split, ks=cfg.ks, phase="valid").metrics
                     row.update({f"valid_{k}": v for k, v in valid.items()})
                     test = {}

@@ -30,7 +30,7 @@ import torch
 from recpress.data import load_split
 from recpress.evaluation import evaluate
 from recpress.models import BPRMF
-from recpress.training import Trainer, TrainConfig
+from recpress.training import TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 KS = (10, 20, 50)
@@ -49,8 +49,16 @@ def machine() -> dict:
 
 def train_bpr(split, optimizer: str, epochs: int, seed: int) -> dict:
     config = TrainConfig(
-        epochs=epochs, lr=1e-3, weight_decay=1e-3, batch_size=1024, optimizer=optimizer,
-        selection="fixed_epochs", eval_every=10, ks=list(KS), seed=seed, device="cpu",
+        epochs=epochs,
+        lr=1e-3,
+        weight_decay=1e-3,
+        batch_size=1024,
+        optimizer=optimizer,
+        selection="fixed_epochs",
+        eval_every=10,
+        ks=list(KS),
+        seed=seed,
+        device="cpu",
     )
     model = BPRMF(embedding_dim=200)
     started = time.perf_counter()
@@ -83,8 +91,12 @@ def time_evaluation(model, split, repeats: int = 3) -> dict:
         t0 = time.perf_counter()
         evaluate(model, split, ks=KS, phase="test")
         times.append(time.perf_counter() - t0)
-    return {"median_seconds": round(statistics.median(times), 3), "times": times,
-            "users": split.n_users, "items": split.n_items}
+    return {
+        "median_seconds": round(statistics.median(times), 3),
+        "times": times,
+        "users": split.n_users,
+        "items": split.n_items,
+    }
 
 
 def run_implicit(split, iterations: int, seed: int) -> dict:
@@ -98,8 +110,13 @@ def run_implicit(split, iterations: int, seed: int) -> dict:
     train = split.train.tocsr().astype(np.float32)
     runs = []
     for lr, reg in [(0.01, 0.01), (0.05, 0.01), (0.05, 0.001), (0.1, 0.001)]:
-        model = BayesianPersonalizedRanking(factors=200, iterations=iterations, learning_rate=lr,
-                                            regularization=reg, random_state=seed)
+        model = BayesianPersonalizedRanking(
+            factors=200,
+            iterations=iterations,
+            learning_rate=lr,
+            regularization=reg,
+            random_state=seed,
+        )
         t0 = time.perf_counter()
         model.fit(train, show_progress=False)
         wall = time.perf_counter() - t0
@@ -111,18 +128,23 @@ def run_implicit(split, iterations: int, seed: int) -> dict:
 
         valid = evaluate(score, split, ks=KS, phase="valid").metrics
         test = evaluate(score, split, ks=KS, phase="test").metrics
-        runs.append({
-            "learning_rate": lr, "regularization": reg,
-            "wall_seconds": round(wall, 2),
-            "seconds_per_iteration": round(wall / iterations, 4),
-            "valid_recall@50": round(valid["recall@50"], 4),
-            "test": {k: round(test[k], 4) for k in REPORTED},
-        })
+        runs.append(
+            {
+                "learning_rate": lr,
+                "regularization": reg,
+                "wall_seconds": round(wall, 2),
+                "seconds_per_iteration": round(wall / iterations, 4),
+                "valid_recall@50": round(valid["recall@50"], 4),
+                "test": {k: round(test[k], 4) for k in REPORTED},
+            }
+        )
     best = max(runs, key=lambda r: r["valid_recall@50"])
     return {
-        "library": "implicit", "version": implicit.__version__,
+        "library": "implicit",
+        "version": implicit.__version__,
         "settings": {"factors": 200, "iterations": iterations, "threads": "all"},
-        "grid": runs, "selected_on_validation": best,
+        "grid": runs,
+        "selected_on_validation": best,
     }
 
 
@@ -136,18 +158,27 @@ def main() -> None:
     args = parser.parse_args()
 
     split = load_split("citeulike-t-td")
-    report: dict = {"benchmark": "core", "dataset": "citeulike-t-td", "machine": machine(),
-                    "split": split.stats()}
+    report: dict = {
+        "benchmark": "core",
+        "dataset": "citeulike-t-td",
+        "machine": machine(),
+        "split": split.stats(),
+    }
 
     lazy = train_bpr(split, "lazy", args.epochs, args.seed)
     model = lazy.pop("model")
     report["recpress_bpr_lazy"] = lazy
-    print(f"RecPress BPR d=200 (lazy), {args.epochs} epochs: "
-          f"{lazy['seconds_per_epoch_median']:.3f} s/epoch; test {lazy['test']}", flush=True)
+    print(
+        f"RecPress BPR d=200 (lazy), {args.epochs} epochs: "
+        f"{lazy['seconds_per_epoch_median']:.3f} s/epoch; test {lazy['test']}",
+        flush=True,
+    )
 
     report["evaluation"] = time_evaluation(model, split)
-    print(f"full-ranking evaluation, all users: {report['evaluation']['median_seconds']:.3f} s",
-          flush=True)
+    print(
+        f"full-ranking evaluation, all users: {report['evaluation']['median_seconds']:.3f} s",
+        flush=True,
+    )
 
     if args.reference_epochs > 0:
         ref = train_bpr(split, "reference", args.reference_epochs, args.seed)
@@ -156,8 +187,11 @@ def main() -> None:
         report["speedup_lazy_vs_reference"] = round(
             ref["seconds_per_epoch_median"] / lazy["seconds_per_epoch_median"], 2
         )
-        print(f"reference (dense Adam): {ref['seconds_per_epoch_median']:.3f} s/epoch "
-              f"(lazy is {report['speedup_lazy_vs_reference']}x faster)", flush=True)
+        print(
+            f"reference (dense Adam): {ref['seconds_per_epoch_median']:.3f} s/epoch "
+            f"(lazy is {report['speedup_lazy_vs_reference']}x faster)",
+            flush=True,
+        )
 
     if not args.skip_implicit:
         report["implicit_bpr"] = run_implicit(split, args.epochs, args.seed)

@@ -46,7 +46,8 @@ class LazyAdam(torch.optim.Optimizer):
     not applied (rows are decayed only when they are used), and the bias corrections of the
     skipped steps are taken at the current step. ``flush()`` applies the pending catch-up to all
     rows (the trainer calls it before every evaluation, and after every epoch when distillers
-    read the student, so evaluated and saved weights are up to date). Dense gradients (KD auxiliary modules) get the exact Adam update.
+    read the student, so evaluated and saved weights are up to date). Dense gradients (KD
+    auxiliary modules) get the exact Adam update.
     """
 
     def __init__(

@@ -35,27 +35,11 @@ def data_env(data_root, monkeypatch, tmp_path):
 
 def test_train_then_evaluate_ml100k(data_env, tmp_path, capsys):
     out = tmp_path / "run"
-    code, stdout, err = run_cli(
-        [
-            "train",
-            "--dataset",
-            "ml-100k",
-            "--protocol",
-            "loo",
-            "--dim",
-            "16",
-            "--epochs",
-            "3",
-            "--set",
-            "train.eval_every=1",
-            "--set",
-            "train.lr=0.005",
-            "--out",
-            str(out),
-            "--no-progress",
-        ],
-        capsys,
-    )
+    train_args = (
+        "train --dataset ml-100k --protocol loo --dim 16 --epochs 3 --set train.eval_every=1 "
+        f"--set train.lr=0.005 --no-progress --out {out}"
+    ).split()
+    code, stdout, err = run_cli(train_args, capsys)
     assert code == 0, err
     for name in ("config.yaml", "split.json", "history.csv", "metrics.json", "model.safetensors"):
         assert (out / name).is_file(), name
@@ -67,27 +51,7 @@ def test_train_then_evaluate_ml100k(data_env, tmp_path, capsys):
     assert code == 0, err
     assert json.loads(stdout)["recall@50"] == pytest.approx(metrics["test"]["recall@50"])
     # a finished run is skipped, not retrained
-    code, stdout, err = run_cli(
-        [
-            "train",
-            "--dataset",
-            "ml-100k",
-            "--protocol",
-            "loo",
-            "--dim",
-            "16",
-            "--epochs",
-            "3",
-            "--set",
-            "train.eval_every=1",
-            "--set",
-            "train.lr=0.005",
-            "--out",
-            str(out),
-            "--no-progress",
-        ],
-        capsys,
-    )
+    code, stdout, err = run_cli(train_args, capsys)
     assert code == 0 and json.loads((out / "metrics.json").read_text()) == metrics
 
 

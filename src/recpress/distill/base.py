@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import ClassVar
 
 import torch
@@ -40,8 +41,10 @@ class Distiller(nn.Module):
         super().__init__()
 
     def get_params(self) -> dict[str, object]:
-        """Hyperparameters as given to the constructor."""
-        return {}
+        """Hyperparameters as given to the constructor (scikit-learn style: each constructor
+        argument is stored under its own name)."""
+        names = inspect.signature(type(self).__init__).parameters
+        return {n: getattr(self, n) for n in names if n != "self"}
 
     def prepare(self, teacher: Recommender, split: Split, knowledge=None) -> None:
         """Precompute teacher knowledge; create auxiliary modules."""

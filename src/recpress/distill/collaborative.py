@@ -140,19 +140,6 @@ class CD(Distiller):
         self._train: tuple[torch.Tensor, torch.Tensor] | None = None
         self._n = 0
 
-    def get_params(self) -> dict[str, object]:
-        return {
-            "n_candidates": self.n_candidates,
-            "temperature": self.temperature,
-            "n_distill": self.n_distill,
-            "t1": self.t1,
-            "t2": self.t2,
-            "guide": self.guide,
-            "oversample": self.oversample,
-            "reduction": self.reduction,
-            "user_weighting": self.user_weighting,
-        }
-
     def prepare(self, teacher: Recommender, split: Split, knowledge=None) -> None:
         if knowledge is None:
             raise no_knowledge("CD")

@@ -97,14 +97,6 @@ class DistillationExperts(Distiller):
         self.user_experts: ExpertBank | None = None
         self.item_experts: ExpertBank | None = None
 
-    def get_params(self) -> dict[str, object]:
-        return {
-            "n_experts": self.n_experts,
-            "hidden_dim": self.hidden_dim,
-            "max_epochs": self.max_epochs,
-            "reduction": self.reduction,
-        }
-
     def bind_student(self, student, seed: int = 0) -> None:
         dim = student.embedding_dim
         if dim is None:

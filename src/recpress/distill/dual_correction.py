@@ -145,20 +145,6 @@ class DCD(Distiller):
             self.register_buffer(f"{side}_over", e.clone(), persistent=True)
         self._gen: torch.Generator | None = None
 
-    def get_params(self) -> dict[str, object]:
-        return {
-            "k": self.k,
-            "n_list": self.n_list,
-            "eps": self.eps,
-            "update_every": self.update_every,
-            "rank_scope": self.rank_scope,
-            "item_side": self.item_side,
-            "item_weight": self.item_weight,
-            "sampling": self.sampling,
-            "reduction": self.reduction,
-            "user_weighting": self.user_weighting,
-        }
-
     def prepare(self, teacher: Recommender, split: Split, knowledge=None) -> None:
         if knowledge is None:
             raise no_knowledge("DCD")

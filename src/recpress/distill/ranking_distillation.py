@@ -112,18 +112,6 @@ class RD(Distiller):
         self.register_buffer("dynamic", torch.zeros(0, 0, dtype=torch.int64), persistent=True)
         self._train: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def get_params(self) -> dict[str, object]:
-        return {
-            "k": self.k,
-            "lambda_a": self.lambda_a,
-            "mu": self.mu,
-            "n_dyn": self.n_dyn,
-            "start_epoch": self.start_epoch,
-            "renormalize": self.renormalize,
-            "reduction": self.reduction,
-            "user_weighting": self.user_weighting,
-        }
-
     def prepare(self, teacher: Recommender, split: Split, knowledge=None) -> None:
         if knowledge is None:
             raise no_knowledge("RD")

@@ -77,17 +77,6 @@ class KD(Distiller):
         self._knowledge: Any = None
         self._train: tuple[torch.Tensor, torch.Tensor] | None = None
 
-    def get_params(self) -> dict[str, object]:
-        return {
-            "k": self.k,
-            "tau": self.tau,
-            "guide": self.guide,
-            "tau_sq": self.tau_sq,
-            "mask_train": self.mask_train,
-            "reduction": self.reduction,
-            "user_weighting": self.user_weighting,
-        }
-
     def prepare(self, teacher: Recommender, split: Split, knowledge=None) -> None:
         if knowledge is None:
             raise no_knowledge("KD")

@@ -503,22 +503,6 @@ class HTD(_TopologyBase):
         self.item_bank: ExpertBank | None = None
         self._generator: torch.Generator | None = None
 
-    def get_params(self) -> dict[str, object]:
-        return {
-            "n_groups": self.n_groups,
-            "gamma": self.gamma,
-            "choice": self.choice,
-            "pair_filter": self.pair_filter,
-            "group_include_own": self.group_include_own,
-            "detach_prototypes": self.detach_prototypes,
-            "preset": self.preset,
-            "tau_max_epochs": self.tau_max_epochs,
-            "expert_threshold": self.expert_threshold,
-            "hidden_dim": self.hidden_dim,
-            "student_dim": self.student_dim,
-            "seed": self.seed,
-        }
-
     def bind_student(self, student: Recommender, seed: int = 0) -> None:
         """Record the student width d_s (sizes the experts) and the seed of their init."""
         dim = student.embedding_dim

@@ -128,17 +128,6 @@ class UnKD(Distiller):
         self.counts: list[int] = []
         self.n_groups_ = 0
 
-    def get_params(self) -> dict[str, object]:
-        return {
-            "n_groups": self.n_groups,
-            "n_distill": self.n_distill,
-            "lambda_p": self.lambda_p,
-            "n_candidates": self.n_candidates,
-            "rank_temperature": self.rank_temperature,
-            "reduction": self.reduction,
-            "user_weighting": self.user_weighting,
-        }
-
     @property
     def candidate_valid(self) -> torch.Tensor:
         """(U, G, C) bool validity mask of ``candidates``."""

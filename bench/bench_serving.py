@@ -53,8 +53,8 @@ from recpress.serving.recommender import TopKRecommender
 ROOT = Path(__file__).resolve().parents[1]
 #: chunk sizes (scores per chunk) tried for the all-user throughput, best kept per model
 CHUNK_ELEMENTS = (2**18, 2**19, 2**20, 2**22)
-#: item block sizes of the exact two-stage top-k tried, best kept per model
-BLOCKS = (16, 32, 64)
+#: fan-outs of the exact hierarchical top-k tried (0: one plain torch.topk), best kept per model
+FANOUTS = (0, 2, 4, 8)
 
 
 def ensure_run(out: Path, dim: int, epochs: int, dataset: str) -> Path:
@@ -241,16 +241,16 @@ def main() -> None:
     thr: dict[str, list] = {"teacher": [], "student": []}
     arts = {"teacher": teacher, "student": student}
     for _ in range(args.repeats):
-        for block in BLOCKS:
-            trial = {name: TopKRecommender(art, block=block) for name, art in arts.items()}
+        for fanout in FANOUTS:
+            trial = {name: TopKRecommender(art, fanout=fanout) for name, art in arts.items()}
             for chunk in CHUNK_ELEMENTS:
                 for name, rec in trial.items():
                     rec.chunk_users = max(1, chunk // rec.n_items)
                     r = measure_throughput(rec, k=50, repeats=1)
-                    thr[name].append({**r, "chunk_users": rec.chunk_users, "block": block})
+                    thr[name].append({**r, "chunk_users": rec.chunk_users, "fanout": fanout})
     for name in recs:
         best_run = max(thr[name], key=lambda r: r["users_per_s"])
-        recs[name] = TopKRecommender(arts[name], block=best_run["block"])
+        recs[name] = TopKRecommender(arts[name], fanout=best_run["fanout"])
         recs[name].chunk_users = best_run["chunk_users"]
     lat = {name: measure_latency(rec, k=50, n_requests=args.requests) for name, rec in recs.items()}
     out["models"] = {}

@@ -85,15 +85,38 @@ def test_chunking_gives_the_same_answer(small_artifact: Path):
     assert torch.equal(ta, tb) and torch.allclose(va, vb, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("block", [1, 2, 3, 7])
-def test_two_stage_block_topk_is_exact(small_artifact: Path, block: int):
-    plain = TopKRecommender.load(small_artifact, block=0)
-    staged = TopKRecommender.load(small_artifact, block=block)
-    assert staged.n_blocks >= 4 * 2
-    for k in (1, 2):
+@pytest.mark.parametrize("fanout", [2, 3, 4])
+def test_hierarchical_topk_in_the_recommender_is_exact(small_artifact: Path, fanout: int):
+    plain = TopKRecommender.load(small_artifact, fanout=0)
+    staged = TopKRecommender.load(small_artifact, fanout=fanout)
+    assert staged.levels >= 1 and plain.levels == 0
+    for k in (1, 2, 3):
         va, ta = plain.recommend_all(k=k)
         vb, tb = staged.recommend_all(k=k)
         assert torch.allclose(va, vb, rtol=1e-5, atol=1e-6)
         assert torch.equal(ta, tb)
     res = staged.recommend(["u0", "u1"], k=2)
     assert list(res.items[0]) == list(plain.recommend(["u0"], k=2).items[0])
+
+
+@pytest.mark.parametrize(("fanout", "levels", "k"), [(2, 5, 3), (3, 3, 8), (4, 3, 5), (8, 2, 7)])
+def test_hierarchical_topk_matches_a_full_sort(fanout: int, levels: int, k: int):
+    """Against a stable full sort, on rows with many ties and -inf (masked) entries: the same
+    values always, the same ids wherever the value is not tied."""
+    from recpress.serving.recommender import _hierarchical_topk, _levels_for
+
+    gen = torch.Generator().manual_seed(fanout)
+    width = fanout**levels * k  # the top level can hold exactly k groups
+    used = _levels_for(width, fanout, levels, k)
+    assert 1 <= used <= levels
+    scores = torch.randint(0, 40, (64, width), generator=gen).float()  # many ties
+    scores[torch.rand(64, width, generator=gen) < 0.3] = float("-inf")
+    scores[0, : width - k + 1] = float("-inf")  # fewer unmasked items than k
+    values, ids = _hierarchical_topk(scores.clone(), k, fanout, used)
+    ref_values, _ = torch.sort(scores, dim=1, descending=True, stable=True)
+    assert torch.equal(values, ref_values[:, :k])
+    assert torch.equal(scores.gather(1, ids), values)  # every id carries its value
+    assert all(len(set(row)) == k for row in ids.tolist())  # no item twice
+    for forced in range(1, levels + 1):  # every valid depth, not only the cheapest
+        assert torch.equal(_hierarchical_topk(scores.clone(), k, fanout, forced)[0], values)
+    assert _levels_for(width, fanout, levels, width) == 0  # k = whole row: plain top-k

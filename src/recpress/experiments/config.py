@@ -103,6 +103,11 @@ class RunConfig(BaseModel):
         return yaml.safe_dump(data, sort_keys=False)
 
 
+def normalise_run_yaml(text: str) -> str:
+    """A stored run config.yaml re-read with the current schema (defaults filled) and dumped."""
+    return parse_config(RunConfig, yaml.safe_load(text) or {}).to_yaml()
+
+
 def validation_message(err: ValidationError, source: str = "config") -> str:
     """Turn a pydantic error into one line per bad field: `field: problem (allowed ...)`."""
     lines = []

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from recpress.data.types import Split
-from recpress.experiments.config import RunConfig
+from recpress.experiments.config import RunConfig, normalise_run_yaml
 from recpress.experiments.rundir import (
     METRICS,
     SPLIT,
@@ -94,7 +94,9 @@ def train_run(
         knowledge = load_teacher(cfg_d.teacher, split)
         check_requires(configured, knowledge)
         distillers = configured + distillers
-    state = prepare_run_dir(out, config.to_yaml(), overwrite=overwrite)
+    state = prepare_run_dir(
+        out, config.to_yaml(), overwrite=overwrite, normalise=normalise_run_yaml
+    )
     if state == "finished":
         return read_json(out / METRICS)
     write_json(out / SPLIT, split_record(split))

@@ -39,7 +39,7 @@ from recpress.experiments.config import (
     load_yaml,
     parse_config,
 )
-from recpress.experiments.rundir import is_finished, write_text
+from recpress.experiments.rundir import is_finished, same_config, write_text
 from recpress.training.config import TrainConfig
 
 SWEEP_FILE = "sweep.yaml"
@@ -277,7 +277,7 @@ def prepare_sweep_dir(cfg: SweepConfig, sweep_dir: str | Path, restart: bool = F
         raise ConfigError(f"{sweep_dir} exists and is not a directory; choose another --out")
     existing = sweep_dir / SWEEP_FILE
     text = cfg.to_yaml()
-    if existing.is_file() and existing.read_text() != text:
+    if existing.is_file() and not same_config(existing.read_text(), text, _normalise_sweep_yaml):
         if not restart:
             raise ConfigError(
                 f"{sweep_dir} holds a sweep with a different config ({existing}); its results "
@@ -291,6 +291,10 @@ def prepare_sweep_dir(cfg: SweepConfig, sweep_dir: str | Path, restart: bool = F
     sweep_dir.mkdir(parents=True, exist_ok=True)
     write_text(existing, text)
     return sweep_dir
+
+
+def _normalise_sweep_yaml(text: str) -> str:
+    return parse_config(SweepConfig, yaml.safe_load(text) or {}).to_yaml()
 
 
 def read_sweep(sweep_dir: str | Path) -> SweepConfig:

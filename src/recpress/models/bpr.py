@@ -48,7 +48,9 @@ class BPRMF(Recommender):
     def loss(self, batch: TripletBatch) -> torch.Tensor:
         """(B,) BPR loss per triple."""
         p = self.user_emb(batch.users)
-        diff = (p * (self.item_emb(batch.pos) - self.item_emb(batch.neg))).sum(-1)
+        # one lookup for positives and negatives: one sparse gradient, no sparse addition
+        q_pos, q_neg = self.item_emb(torch.cat([batch.pos, batch.neg])).split(len(batch.pos))
+        diff = (p * (q_pos - q_neg)).sum(-1)
         return F.softplus(-diff)
 
     def score(self, users: torch.Tensor) -> torch.Tensor:

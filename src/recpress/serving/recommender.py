@@ -80,6 +80,72 @@ def _py(x: Any) -> Any:
     return x.item() if isinstance(x, np.generic) else x
 
 
+#: the hierarchy stops where the top level would hold fewer than this many groups
+_MIN_TOP = 8
+#: at most this fraction of padding columns (extra matmul work) for one more level
+_MAX_PAD = 0.01
+
+
+def _hierarchy_shape(n_items: int, fanout: int) -> tuple[int, int]:
+    """(levels, width): the most levels (top level >= `_MIN_TOP` groups) whose padding of the
+    catalogue to a multiple of fanout**levels stays under `_MAX_PAD`; width = padded size."""
+    levels = 0
+    if fanout >= 2:
+        while n_items // fanout ** (levels + 1) >= _MIN_TOP:
+            unit = fanout ** (levels + 1)
+            if (-(-n_items // unit) * unit - n_items) > _MAX_PAD * n_items:
+                break
+            levels += 1
+    unit = fanout**levels if fanout >= 2 else 1
+    return levels, -(-n_items // unit) * unit
+
+
+def _levels_for(width: int, fanout: int, max_levels: int, k: int) -> int:
+    """Levels to use for a top-`k`: the fewest compared elements, W_h + h·k·fanout with the top
+    level W_h = width / fanout**h >= k; 0 (plain top-k) when no level beats the whole row."""
+    best, best_cost = 0, width
+    for h in range(1, max_levels + 1):
+        top = width // fanout**h
+        if top < k:
+            break
+        cost = top + h * k * fanout
+        if cost < best_cost:
+            best, best_cost = h, cost
+    return best
+
+
+def _hierarchical_topk(
+    scores: torch.Tensor, k: int, fanout: int, levels: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact top-k of each row of `scores` (b, W), W divisible by fanout**levels: (values,
+    indices), both (b, k), values descending.
+
+    Level 0 is the row; level i holds the maxima of `fanout` strided groups of level i−1
+    (group g of a level of width w holds the elements g, g + w, g + 2w, ... below it, so each
+    level is one vectorised ``amax`` over a contiguous view). Lemma: the top-k elements of a
+    level lie in the k groups with the largest maxima above it (if an element x of the top-k
+    sat in another group, those k groups would hold k distinct maxima ≥ x's group maximum ≥ x,
+    so x would not be needed, up to ties that keep the same values). So a ``topk`` over the
+    top level and, going down, one over the k·fanout members of the k chosen groups give the
+    exact answer. torch.topk costs about 10 ns per element it compares (branchy selection), so
+    comparing W_h + levels·k·fanout elements instead of W is the saving; the maxima are cheap.
+    """
+    b = scores.shape[0]
+    maxima = [scores]
+    for _ in range(levels):
+        below = maxima[-1]
+        maxima.append(below.view(b, fanout, below.shape[1] // fanout).amax(dim=1))
+    top = torch.topk(maxima[-1], k, dim=1, sorted=False).indices  # (b, k) at level `levels`
+    spread = torch.arange(fanout, device=scores.device).view(1, fanout, 1)
+    values = scores.new_empty(0)
+    for level in range(levels, 0, -1):
+        below = maxima[level - 1]
+        members = (top.unsqueeze(1) + spread * maxima[level].shape[1]).reshape(b, fanout * k)
+        values, pick = torch.topk(below.gather(1, members), k, dim=1, sorted=level == 1)
+        top = members.gather(1, pick)
+    return values, top
+
+
 class TopKRecommender:
     """Top-K over ``scores = U[users] @ I.T`` with seen items masked, on CPU (any torch device).
 
@@ -88,7 +154,8 @@ class TopKRecommender:
         unknown: "popularity" (fallback, flagged) or "error" (raise `UnknownUserError`).
         chunk_elements: users per chunk are chosen so that a chunk holds about this many scores
             (default 2**19 floats = 2 MiB: the chunk stays in cache between matmul and top-k).
-        block: items per block of the two-stage top-k (0 disables it; see `_block_topk`).
+        fanout: items per group at each level of the exact hierarchical top-k (0 disables it:
+            one ``torch.topk`` over the whole catalogue; see `_hierarchical_topk`).
     """
 
     def __init__(
@@ -97,7 +164,7 @@ class TopKRecommender:
         unknown: str = "popularity",
         chunk_elements: int = 2**19,
         device: str | torch.device = "cpu",
-        block: int = 16,
+        fanout: int = 4,
     ) -> None:
         if unknown not in UNKNOWN_POLICIES:
             raise ConfigError(
@@ -109,11 +176,12 @@ class TopKRecommender:
         self.unknown = unknown
         self.device = torch.device(device)
         self.user_emb = artifact.user_emb.to(self.device).contiguous()
-        # (d, n_items + pad): zero columns pad the catalogue to whole blocks of `block` items
-        self.block = int(block)
+        # (d, width): zero columns pad the catalogue to a multiple of fanout**levels items
         n_items = artifact.n_items
-        self.n_blocks = -(-n_items // self.block) if self.block > 0 else 0
-        width = self.n_blocks * self.block if self.block > 0 else n_items
+        self.fanout = int(fanout)
+        if self.fanout < 0 or self.fanout == 1:
+            raise ConfigError(f"fanout must be 0 or >= 2, got {fanout}", field="fanout")
+        self.levels, width = _hierarchy_shape(n_items, self.fanout)
         item_t = torch.zeros(artifact.dim, width, dtype=torch.float32)
         item_t[:, :n_items] = artifact.item_emb.T
         self.item_emb_t = item_t.to(self.device).contiguous()
@@ -183,8 +251,10 @@ class TopKRecommender:
                     scores[:, self.n_items :] = float("-inf")
                 if exclude_seen:
                     self._mask_seen(scores, part)
-                if self.block > 0 and self.n_blocks >= 4 * k:
-                    v, t = self._block_topk(scores, k)
+                levels = _levels_for(scores.shape[1], self.fanout, self.levels, k)
+                if levels:
+                    v, t = _hierarchical_topk(scores, k, self.fanout, levels)
+                    t.clamp_(max=self.n_items - 1)  # padding (-inf) only when k > unseen items
                 else:
                     v, t = torch.topk(scores[:, : self.n_items], k, dim=1)
                 vals.append(v)
@@ -192,24 +262,6 @@ class TopKRecommender:
         if not vals:
             return torch.empty(0, k), torch.empty(0, k, dtype=torch.int64)
         return torch.cat(vals).cpu(), torch.cat(tops).cpu()
-
-    def _block_topk(self, scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Exact two-stage top-k: the top-k items lie in the k blocks with the largest maxima.
-
-        Blocks are strided: with m = width / block, block j holds items j, j + m, j + 2m, ...
-        (so the block maxima are one vectorised reduction over contiguous rows). If an item x
-        of the top-k sat outside the k best blocks, those k blocks would hold k distinct items
-        (their maxima) scoring >= x's block maximum >= x, so x would not be needed (up to ties,
-        which keep the same scores). Cost: one pass of maxima, a top-k over m block maxima and
-        a top-k over k * block candidates instead of the whole catalogue.
-        """
-        b, m, L = scores.shape[0], self.n_blocks, self.block
-        strided = scores.view(b, L, m)
-        best = torch.topk(strided.amax(dim=1), k, dim=1, sorted=False).indices  # (b, k)
-        cand = strided.gather(2, best.unsqueeze(1).expand(b, L, k)).reshape(b, L * k)
-        v, j = torch.topk(cand, k, dim=1)
-        items = (j // k) * m + best.gather(1, j % k)
-        return v, items.clamp_(max=self.n_items - 1)  # padding (-inf) only when k > unseen
 
     def recommend(
         self,

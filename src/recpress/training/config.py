@@ -13,10 +13,11 @@ class TrainConfig(BaseModel):
     ``reduction_base`` says how the base loss is reduced over the B triples of a batch ("sum",
     as the references; "mean" divides by B). ``optimizer`` is "lazy" (row-sparse Adam, default)
     or "reference" (dense Adam, exactly the reference implementations); both use coupled weight
-    decay. ``selection``: "best_valid" keeps the epoch with the best validation
-    ``selection_metric`` (one epoch for all K) and stops after ``patience`` evaluations without
-    improvement; "fixed_epochs" trains all epochs and keeps the final weights (reproduces the
-    Topology Distillation log).
+    decay. ``fused_optimizer`` ("auto" | "on" | "off") runs the lazy step of large embedding
+    tables as one compiled kernel (see `LazyAdam`). ``selection``: "best_valid" keeps the epoch
+    with the best validation ``selection_metric`` (one epoch for all K) and stops after
+    ``patience`` evaluations without improvement; "fixed_epochs" trains all epochs and keeps the
+    final weights (reproduces the Topology Distillation log).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -26,6 +27,7 @@ class TrainConfig(BaseModel):
     weight_decay: float = Field(1e-3, ge=0)
     batch_size: int = Field(1024, ge=1)
     optimizer: Literal["lazy", "reference"] = "lazy"
+    fused_optimizer: Literal["auto", "on", "off"] = "auto"
     reduction_base: Literal["sum", "mean"] = "sum"
     eval_every: int = Field(10, ge=1)
     patience: int | None = Field(5, ge=1)

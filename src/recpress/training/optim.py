@@ -15,19 +15,80 @@ the row missed (see `LazyAdam`). Rows absent from a batch are not decayed. Dense
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
 
 OPTIMIZERS = ("lazy", "reference")
+FUSED_MODES = ("auto", "on", "off")
+#: under ``fused="auto"`` a row-sparse parameter gets the compiled update from this many elements
+FUSED_MIN_ELEMENTS = 2**20
+
+log = logging.getLogger(__name__)
 
 
 def _decay(base: float, k: torch.Tensor) -> torch.Tensor:
     """base**k, set to exactly 0 once below 1e-30 (denormal floats slow CPUs down ~100x)."""
     log_value = k * math.log(base)
     return torch.where(log_value < -69.0, torch.zeros_like(k), torch.exp(log_value))
+
+
+def _fused_rows_update(
+    p: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    last_step: torch.Tensor,
+    rows: torch.Tensor,
+    grad: torch.Tensor,
+    scalars: torch.Tensor,
+    lr: float,
+    b1: float,
+    b2: float,
+    eps: float,
+    wd: float,
+) -> None:
+    """`LazyAdam`'s row-sparse step (catch-up, then Adam) as one function for ``torch.compile``.
+
+    The same arithmetic as the eager branch of `LazyAdam.step`, written out of place so the
+    compiler fuses gather, update and scatter into one pass over the rows. p, exp_avg,
+    exp_avg_sq: (n, d), updated in place on `rows` (R,) (unique); grad: (R, d) the summed
+    gradient of those rows; last_step: (n,) int64; scalars: (3,) float64 [t, bc1, sqrt(bc2)]
+    (a tensor, so a new step does not recompile).
+    """
+    t, bc1, bc2_sqrt = scalars[0], scalars[1], scalars[2]
+    k = (t - 1 - last_step[rows]).to(p.dtype).unsqueeze(1)
+    m, v, theta = exp_avg[rows], exp_avg_sq[rows], p[rows]
+    r = b1 / math.sqrt(b2)
+
+    def power(base: float) -> torch.Tensor:  # base**k, flushed to 0 below 1e-30 (`_decay`)
+        log_value = k * math.log(base)
+        return torch.where(log_value < -69.0, 0.0, torch.exp(log_value))
+
+    series = (-lr * r / (1.0 - r)) * (1.0 - power(r)) / bc1
+    theta = theta + m * series / (v.sqrt() / bc2_sqrt + eps)
+    g = grad + wd * theta
+    m = m * (power(b1) * b1) + (1 - b1) * g
+    v = v * (power(b2) * b2) + (1 - b2) * g * g
+    theta = theta - (lr / bc1) * m / (v.sqrt() / bc2_sqrt + eps)
+    exp_avg[rows] = m
+    exp_avg_sq[rows] = v
+    p[rows] = theta
+    last_step[rows] = t.to(last_step.dtype)
+
+
+_compiled_update: Callable | None = None
+_compile_failed = False
+
+
+def _compiled_rows_update() -> Callable | None:
+    """`_fused_rows_update` compiled once per process (dynamic shapes); None if unavailable."""
+    global _compiled_update
+    if _compiled_update is None and not _compile_failed:
+        _compiled_update = torch.compile(_fused_rows_update, dynamic=True)
+    return _compiled_update
 
 
 class LazyAdam(torch.optim.Optimizer):
@@ -48,6 +109,12 @@ class LazyAdam(torch.optim.Optimizer):
     rows (the trainer calls it before every evaluation, and after every epoch when distillers
     read the student, so evaluated and saved weights are up to date). Dense gradients (KD
     auxiliary modules) get the exact Adam update.
+
+    ``fused``: "on" runs the row-sparse step as one ``torch.compile``-d kernel
+    (`_fused_rows_update`; about 4x faster on CPU, needs a C++ compiler, compiles once per
+    process), "off" runs it eagerly, "auto" (default) fuses parameters of at least
+    `FUSED_MIN_ELEMENTS` elements. If compiling fails, the eager step is used, with a warning.
+    Both give the same values up to float rounding.
     """
 
     def __init__(
@@ -57,8 +124,17 @@ class LazyAdam(torch.optim.Optimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
+        fused: str = "auto",
     ) -> None:
+        if fused not in FUSED_MODES:
+            raise ValueError(f"fused must be one of {', '.join(FUSED_MODES)}, got {fused!r}")
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+        self.fused = fused
+
+    def _fused_update(self, p: torch.Tensor) -> Callable | None:
+        if self.fused == "off" or (self.fused == "auto" and p.numel() < FUSED_MIN_ELEMENTS):
+            return None
+        return _compiled_rows_update()
 
     @staticmethod
     def _init_state(state: dict, p: torch.Tensor, sparse: bool) -> None:
@@ -97,6 +173,8 @@ class LazyAdam(torch.optim.Optimizer):
                 bc1 = 1.0 - b1**t
                 bc2_sqrt = math.sqrt(1.0 - b2**t)
                 if grad.is_sparse:
+                    if self._try_fused(p, state, grad, t, lr, b1, b2, eps, wd, bc1, bc2_sqrt):
+                        continue
                     grad = grad.coalesce()
                     rows = grad.indices()[0]
                     g = grad.values()
@@ -126,6 +204,30 @@ class LazyAdam(torch.optim.Optimizer):
                     v.mul_(b2).addcmul_(grad, grad, value=1 - b2)
                     denom = v.sqrt().div_(bc2_sqrt).add_(eps)
                     p.addcdiv_(m, denom, value=-lr / bc1)
+
+    def _try_fused(self, p, state, grad, t, lr, b1, b2, eps, wd, bc1, bc2_sqrt) -> bool:
+        """Run the compiled row update if this parameter uses it; False to run the eager one."""
+        global _compile_failed
+        update = self._fused_update(p)
+        if update is None:
+            return False
+        # unique + index_add instead of coalesce() (which also sorts the values): about 2x faster
+        rows, inverse = torch.unique(grad._indices()[0], return_inverse=True)
+        values = grad._values()
+        summed = values.new_zeros(rows.shape[0], values.shape[1]).index_add_(0, inverse, values)
+        scalars = torch.tensor([t, bc1, bc2_sqrt], dtype=torch.float64, device=p.device)
+        try:
+            update(
+                p, state["exp_avg"], state["exp_avg_sq"], state["last_step"], rows,
+                summed, scalars, lr, b1, b2, eps, wd,
+            )  # fmt: skip
+        except Exception as exc:  # no compiler / unsupported backend: eager from now on
+            if self.fused == "on":
+                raise
+            _compile_failed = True
+            log.warning("fused LazyAdam step unavailable (%s); using the eager step", exc)
+            return False
+        return True
 
     @torch.no_grad()
     def flush(self) -> None:
@@ -168,12 +270,16 @@ class DenseAdam(torch.optim.Adam):
 
 
 def make_optimizer(
-    kind: str, params: Iterable[nn.Parameter], lr: float, weight_decay: float
+    kind: str,
+    params: Iterable[nn.Parameter],
+    lr: float,
+    weight_decay: float,
+    fused: str = "auto",
 ) -> torch.optim.Optimizer:
-    """Build the optimiser named `kind` ("lazy" or "reference")."""
+    """Build the optimiser named `kind` ("lazy" or "reference"); `fused` applies to lazy."""
     params = [p for p in params if p.requires_grad]
     if kind == "lazy":
-        return LazyAdam(params, lr=lr, weight_decay=weight_decay)
+        return LazyAdam(params, lr=lr, weight_decay=weight_decay, fused=fused)
     if kind == "reference":
         return DenseAdam(params, lr=lr, weight_decay=weight_decay)
     raise ValueError(f"unknown optimizer {kind!r}; known: {', '.join(OPTIMIZERS)}")

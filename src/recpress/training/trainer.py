@@ -101,7 +101,9 @@ class Trainer:
         params = list(model.parameters())
         for d, _ in distillers:
             params += list(d.parameters())
-        optimizer = make_optimizer(cfg.optimizer, params, cfg.lr, cfg.weight_decay)
+        optimizer = make_optimizer(
+            cfg.optimizer, params, cfg.lr, cfg.weight_decay, fused=cfg.fused_optimizer
+        )
         flush = getattr(optimizer, "flush", None)
 
         run_path = Path(run_dir) if run_dir is not None else None

@@ -1,0 +1,172 @@
+"""Benchmark: seconds per training epoch of every KD method, side by side with the no-KD student.
+
+citeulike-t-td, BPR teacher d=200 (a finished teacher run directory), students d=20 (φ = 0.1),
+batch 1024 (113 batches per epoch). Each method trains ``--steps`` batches at an early epoch
+(temperature τ = 1: DE / HTD run every expert densely) and at a late one (τ annealed: one
+expert per entity), in one process, methods interleaved round by round so that all of them see
+the same machine load; the median over ``--rounds`` rounds is reported, scaled to a full epoch.
+The loop is the trainer's (base loss + λ·KD loss, backward, optimiser step); evaluation and
+checkpointing are not included. Writes bench/results/method_speed.json and method_speed.md.
+
+    RECPRESS_DATA=../shared/datasets python bench/bench_method_speed.py \\
+        --teacher runs/td-citeulike/teacher [--steps 12] [--rounds 3] [--optimizer reference]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ["none", "kd", "rd", "cd", "rrd", "ir-rrd", "dcd", "unkd", "de", "de+rrd", "ftd", "htd"]
+#: the reference experiment's HTD (configs/td-citeulike.yaml)
+PARAMS = {"htd": {"preset": "reference", "n_groups": 30, "gamma": 0.5, "choice": "second"}}
+#: the epochs timed: τ = 1 at epoch 0; HTD's τ (E_max = 100) is ~1e-5 at 50, DE's (E_max = 1000)
+#: is 0.1 at 100 (DE's experts stay dense for its first few hundred epochs)
+EPOCHS = {"early": 0, "late": 50}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--teacher", type=Path, default=ROOT / "runs" / "td-citeulike" / "teacher")
+    p.add_argument("--dim", type=int, default=20)
+    p.add_argument("--steps", type=int, default=12, help="batches timed per method and round")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--optimizer", default="reference", choices=["reference", "lazy"])
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "method_speed.json")
+    return p.parse_args(argv)
+
+
+class Arm:
+    """One student (+ its distillers and optimiser) that can train a few batches at any epoch."""
+
+    def __init__(self, method: str, split, knowledge, dim: int, optimizer: str) -> None:
+        from recpress.distill import make_distillers, prepare_distillers
+        from recpress.models import BPRMF
+        from recpress.training.optim import make_optimizer
+
+        self.method = method
+        self.generator = torch.Generator().manual_seed(0)
+        self.model = BPRMF(dim)
+        self.model.build(split.n_users, split.n_items, self.generator)
+        self.distillers = []
+        if method != "none":
+            names = method.split("+")
+            params = {n: PARAMS[n] for n in names if n in PARAMS}
+            self.distillers = make_distillers(method, None, params)
+            prepare_distillers(self.distillers, knowledge, split, student=self.model, seed=0)
+        params = list(self.model.parameters())
+        for d, _ in self.distillers:
+            params += list(d.parameters())
+        self.optimizer = make_optimizer(optimizer, params, 1e-3, 1e-3)
+        self.split = split
+
+    def seconds_per_batch(self, epoch: int, steps: int) -> float:
+        from recpress.data.sampling import epoch_triples
+        from recpress.models.base import TripletBatch
+
+        for d, _ in self.distillers:
+            d.on_epoch_start(self.model, epoch, self.generator)
+        users, pos, neg = epoch_triples(self.split, self.generator, torch.device("cpu"))
+        t0 = time.perf_counter()
+        for s in range(0, steps * 1024, 1024):
+            batch = TripletBatch(users[s : s + 1024], pos[s : s + 1024], neg[s : s + 1024])
+            loss = self.model.loss(batch).sum()
+            for d, weight in self.distillers:
+                loss = loss + weight * d.loss(self.model, batch, epoch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+        return (time.perf_counter() - t0) / steps
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    from recpress.distill.teachers import load_teacher
+    from recpress.experiments.run import load_run
+
+    _, _, split = load_run(args.teacher)
+    knowledge = load_teacher(args.teacher, split)
+    batches = -(-int(split.train.nnz) // 1024)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    arms = {m: Arm(m, split, knowledge, args.dim, args.optimizer) for m in methods}
+    times: dict = {m: {phase: [] for phase in EPOCHS} for m in methods}
+    for arm in arms.values():  # warm-up: first-call costs (allocations, teacher lists)
+        arm.seconds_per_batch(0, 2)
+    for r in range(args.rounds):
+        for phase, epoch in EPOCHS.items():
+            for m, arm in arms.items():
+                times[m][phase].append(arm.seconds_per_batch(epoch, args.steps))
+        print(f"round {r + 1}/{args.rounds} done", flush=True)
+
+    rows = {}
+    for m in methods:
+        rows[m] = {
+            phase: round(statistics.median(times[m][phase]) * batches, 3) for phase in EPOCHS
+        }
+    base = rows.get("none")
+    for row in rows.values():
+        if base:
+            row["x_none_early"] = round(row["early"] / base["early"], 2)
+            row["x_none_late"] = round(row["late"] / base["late"], 2)
+    out = {
+        "benchmark": "method_speed",
+        "dataset": "citeulike-t-td",
+        "teacher": str(args.teacher),
+        "student_dim": args.dim,
+        "optimizer": args.optimizer,
+        "batches_per_epoch": batches,
+        "epochs_timed": EPOCHS,
+        "steps_per_round": args.steps,
+        "rounds": args.rounds,
+        "machine": {
+            "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+        "seconds_per_epoch": rows,
+        "raw_seconds_per_batch": times,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    md = [
+        f"# Seconds per epoch, student d={args.dim}, {args.optimizer} Adam, "
+        f"{torch.get_num_threads()} threads",
+        "",
+        f"epoch {EPOCHS['early']} (τ = 1) and epoch {EPOCHS['late']} (τ annealed); "
+        f"{batches} batches of 1024; median of {args.rounds} rounds of {args.steps} batches.",
+        "",
+        "| method | s/epoch early | × no-KD | s/epoch late | × no-KD |",
+        "|---|---|---|---|---|",
+    ]
+    for m, row in rows.items():
+        md.append(
+            f"| {m} | {row['early']:.2f} | {row.get('x_none_early', '')} | {row['late']:.2f} | "
+            f"{row.get('x_none_late', '')} |"
+        )
+    args.out.with_suffix(".md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+    if base:
+        slow = [m for m, r in rows.items() if m != "none" and r["late"] > 10 * base["late"]]
+        print(
+            f"\nno-KD student: {base['late']:.2f} s/epoch. "
+            + (
+                f"More than 10x that: {', '.join(slow)}."
+                if slow
+                else "Every method stays within 10x of it."
+            )
+        )
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

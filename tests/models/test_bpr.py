@@ -66,3 +66,26 @@ def test_bpr_beats_popularity_on_real_data(ml100k_split):
     bpr = evaluate(model, split, ks=[20])
     assert bpr.n_users == pop.n_users
     assert bpr.metrics["recall@20"] > pop.metrics["recall@20"] * 1.1, (bpr.metrics, pop.metrics)
+
+
+def test_large_lookups_go_through_distinct_rows_with_the_same_values_and_gradients():
+    """Above DEDUP_MIN indices, score_items looks each distinct row up once: same scores, same
+    gradients, and a sparse gradient with at most one row per embedding row."""
+    from recpress.models.bpr import DEDUP_MIN
+
+    torch.manual_seed(0)
+    a, b = BPRMF(embedding_dim=4), BPRMF(embedding_dim=4)
+    a.build(30, 50, torch.Generator().manual_seed(1))
+    b.build(30, 50, torch.Generator().manual_seed(1))
+    users = torch.randint(0, 30, (DEDUP_MIN // 10 + 7,))
+    items = torch.randint(0, 50, (users.numel(), 12))  # > DEDUP_MIN lookups, many duplicates
+    weights = torch.randn(items.shape)
+    (a.score_items(users, items) * weights).sum().backward()
+    direct = torch.einsum("bd,bkd->bk", b.user_emb(users), b.item_emb(items))
+    (direct * weights).sum().backward()
+    assert torch.allclose(a.score_items(users, items), direct.detach(), atol=1e-6)
+    for ea, eb in ((a.user_emb, b.user_emb), (a.item_emb, b.item_emb)):
+        ga, gb = ea.weight.grad.coalesce(), eb.weight.grad.coalesce()
+        assert torch.allclose(ga.to_dense(), gb.to_dense(), atol=1e-5)
+    # the item lookups (> DEDUP_MIN) give one gradient row per distinct item, not per lookup
+    assert a.item_emb.weight.grad._nnz() <= 50 < b.item_emb.weight.grad._nnz()

@@ -81,6 +81,25 @@ def test_layout_and_skip_finished(finished_sweep):
     assert not again["trained"] and len(again["skipped"]) == 5
 
 
+def test_parallel_jobs_train_the_same_runs_with_the_same_results(finished_sweep, tmp_path):
+    """jobs=2: the teacher first, then students in two worker processes; every run seeds
+    itself, so each student ends where the sequential sweep's did (up to float summation
+    order: the workers use fewer threads)."""
+    cfg, sweep_dir = finished_sweep
+    parallel = tmp_path / "p"
+    parallel.mkdir()
+    shutil.copytree(sweep_dir / "teacher", parallel / "teacher")  # reused, not retrained
+    shutil.copy(sweep_dir / "sweep.yaml", parallel / "sweep.yaml")
+    summary = run_sweep(cfg, parallel, progress=False, jobs=2)
+    assert summary["skipped"] == ["teacher"] and len(summary["trained"]) == 4
+    for m in ("none", "ftd", "htd", "htd+rrd"):
+        a = json.loads((sweep_dir / "runs/4" / m / "seed0/metrics.json").read_text())
+        b = json.loads((parallel / "runs/4" / m / "seed0/metrics.json").read_text())
+        assert b["test"]["recall@50"] == pytest.approx(a["test"]["recall@50"], abs=0.01), m
+    with pytest.raises(ConfigError, match="jobs must be a positive integer"):
+        run_sweep(cfg, parallel, progress=False, jobs=0)
+
+
 def test_student_runs_are_distilled_from_the_sweep_teacher(finished_sweep):
     cfg, sweep_dir = finished_sweep
     runs = {r.method: r for r in plan(cfg, sweep_dir) if not r.is_teacher}

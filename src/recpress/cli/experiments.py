@@ -27,6 +27,15 @@ def sweep(
     ] = False,
     report: Annotated[bool, typer.Option(help="Write the report when done.")] = True,
     progress: Annotated[bool, typer.Option(help="Show the overall progress bar.")] = True,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            "--jobs",
+            "-j",
+            min=1,
+            help="Student runs trained at once (processes sharing the cores).",
+        ),
+    ] = 1,
 ) -> None:
     """Train a teacher once, then students over dims × methods × seeds, one run directory each.
 
@@ -37,7 +46,7 @@ def sweep(
 
     cfg = load_sweep_config(config, set_ or [])
     out = out or Path("runs") / cfg.name
-    summary = run_sweep(cfg, out, restart=restart, progress=progress, only=only)
+    summary = run_sweep(cfg, out, restart=restart, progress=progress, only=only, jobs=jobs)
     console.print(
         f"sweep {out}: trained {len(summary['trained'])}, skipped {len(summary['skipped'])} "
         f"finished, {summary['wall_seconds']:.0f}s"

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from recpress.errors import ConfigError
+from recpress.errors import ConfigError, RecPressError
 from recpress.experiments.config import (
     DataConfig,
     DistillConfig,
@@ -313,15 +313,23 @@ def run_sweep(
     restart: bool = False,
     progress: bool = True,
     only: list[str] | None = None,
+    jobs: int = 1,
 ) -> dict[str, Any]:
     """Train every run of the sweep that is not finished (teacher first).
 
     Args:
         only: restrict to runs whose label contains one of these strings (teacher always runs).
+        jobs: student runs trained at once, each in its own process with
+            ``torch.get_num_threads() // jobs`` threads (at least 1). Small students use few
+            threads well, so on a 2-core CPU ``jobs=2`` finishes a grid sooner; each run is
+            seeded by its own config, so results do not depend on the order (only on float
+            summation order, through the thread count).
     Returns a summary: runs trained, skipped, seconds per run and total wall time.
     """
     from recpress.experiments.run import load_split_for, train_run
 
+    if int(jobs) < 1:
+        raise ConfigError(f"jobs must be a positive integer, got {jobs}", field="jobs")
     sweep_dir = prepare_sweep_dir(cfg, sweep_dir, restart=restart)
     runs = plan(cfg, sweep_dir)
     if only:
@@ -330,23 +338,83 @@ def run_sweep(
     summary: dict[str, Any] = {"trained": [], "skipped": [], "seconds": {}}
     started = time.perf_counter()
     bar = _SweepProgress(len(runs), enabled=progress)
+
+    def finished(spec: RunSpec, seconds: float) -> None:
+        summary["trained"].append(spec.label)
+        summary["seconds"][spec.label] = round(seconds, 2)
+        bar.advance(spec.label, seconds)
+
     try:
+        todo = []
         for spec in runs:
             if is_finished(spec.path):
                 summary["skipped"].append(spec.label)
                 bar.advance(spec.label, None)
-                continue
-            bar.start_run(spec.label)
-            t0 = time.perf_counter()
-            train_run(spec.config, spec.path, progress=False, split=split)
-            seconds = time.perf_counter() - t0
-            summary["trained"].append(spec.label)
-            summary["seconds"][spec.label] = round(seconds, 2)
-            bar.advance(spec.label, seconds)
+            elif spec.is_teacher or jobs == 1:  # the teacher first: students read it
+                bar.start_run(spec.label)
+                t0 = time.perf_counter()
+                train_run(spec.config, spec.path, progress=False, split=split)
+                finished(spec, time.perf_counter() - t0)
+            else:
+                todo.append(spec)
+        if todo:
+            _run_parallel(todo, int(jobs), bar, finished)
     finally:
         bar.close()
     summary["wall_seconds"] = round(time.perf_counter() - started, 2)
     return summary
+
+
+def _run_parallel(todo: list[RunSpec], jobs: int, bar: _SweepProgress, finished) -> None:
+    """Train `todo` in `jobs` worker processes; the first failure stops the sweep."""
+    import multiprocessing
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    import torch
+
+    threads = max(1, torch.get_num_threads() // jobs)
+    context = multiprocessing.get_context("spawn")  # no forked torch/OpenMP state
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init,
+                             initargs=(threads,)) as pool:  # fmt: skip
+        pending = {pool.submit(_worker_train, spec.config, str(spec.path)): spec for spec in todo}
+        bar.start_run(f"{len(todo)} runs, {jobs} at a time")
+        try:
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_EXCEPTION)
+                for future in done:
+                    spec = pending.pop(future)
+                    error, seconds = future.result()
+                    if error:
+                        raise RecPressError(f"sweep run {spec.label} failed: {error}")
+                    finished(spec, seconds)
+        except BaseException:
+            for future in pending:
+                future.cancel()
+            raise
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+_WORKER_SPLITS: dict[str, Any] = {}
+
+
+def _worker_train(config: RunConfig, path: str) -> tuple[str | None, float]:
+    """Train one run in a worker process: (error message or None, seconds)."""
+    from recpress.experiments.run import load_split_for, train_run
+
+    t0 = time.perf_counter()
+    try:
+        key = config.data.model_dump_json()
+        if key not in _WORKER_SPLITS:
+            _WORKER_SPLITS[key] = load_split_for(config)
+        train_run(config, Path(path), progress=False, split=_WORKER_SPLITS[key])
+    except RecPressError as err:  # user-facing errors travel as text (not every one pickles)
+        return str(err), time.perf_counter() - t0
+    return None, time.perf_counter() - t0
 
 
 class _SweepProgress:

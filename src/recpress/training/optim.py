@@ -25,7 +25,7 @@ from torch import nn
 OPTIMIZERS = ("lazy", "reference")
 FUSED_MODES = ("auto", "on", "off")
 #: under ``fused="auto"`` a row-sparse parameter gets the compiled update from this many elements
-FUSED_MIN_ELEMENTS = 2**20
+FUSED_MIN_ELEMENTS = 2**19
 
 log = logging.getLogger(__name__)
 

@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: chunk sizes (scores per chunk) tried for the all-user throughput, best kept per model
 CHUNK_ELEMENTS = (2**18, 2**19, 2**20, 2**22)
 #: fan-outs of the exact hierarchical top-k tried (0: one plain torch.topk), best kept per model
-FANOUTS = (0, 2, 4, 8)
+FANOUTS = (0, 4, 16, 64)
 
 
 def ensure_run(out: Path, dim: int, epochs: int, dataset: str) -> Path:

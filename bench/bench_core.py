@@ -186,29 +186,24 @@ def main() -> None:
         flush=True,
     )
 
-    if args.eager_epochs > 0:
-        eager = train_bpr(split, "lazy", args.eager_epochs, args.seed, fused="off")
-        eager.pop("model")
-        report["recpress_bpr_lazy_eager"] = eager
-        report["speedup_fused_vs_eager"] = round(
-            eager["seconds_per_epoch_median"] / lazy["seconds_per_epoch_median"], 2
+    peers = (
+        ("recpress_bpr_lazy_eager", "lazy", "off", args.eager_epochs, "fused_vs_eager",
+         "lazy, eager row update", "fused"),
+        ("recpress_bpr_reference", "reference", "auto", args.reference_epochs,
+         "lazy_vs_reference", "reference (dense Adam)", "lazy"),
+    )  # fmt: skip
+    for key, optimizer, fused, epochs, ratio, label, ours in peers:
+        if epochs <= 0:
+            continue
+        peer = train_bpr(split, optimizer, epochs, args.seed, fused=fused)
+        peer.pop("model")
+        report[key] = peer
+        report[f"speedup_{ratio}"] = round(
+            peer["seconds_per_epoch_median"] / lazy["seconds_per_epoch_median"], 2
         )
         print(
-            f"lazy, eager row update: {eager['seconds_per_epoch_median']:.3f} s/epoch "
-            f"(fused is {report['speedup_fused_vs_eager']}x faster)",
-            flush=True,
-        )
-
-    if args.reference_epochs > 0:
-        ref = train_bpr(split, "reference", args.reference_epochs, args.seed)
-        ref.pop("model")
-        report["recpress_bpr_reference"] = ref
-        report["speedup_lazy_vs_reference"] = round(
-            ref["seconds_per_epoch_median"] / lazy["seconds_per_epoch_median"], 2
-        )
-        print(
-            f"reference (dense Adam): {ref['seconds_per_epoch_median']:.3f} s/epoch "
-            f"(lazy is {report['speedup_lazy_vs_reference']}x faster)",
+            f"{label}: {peer['seconds_per_epoch_median']:.3f} s/epoch "
+            f"({ours} is {report[f'speedup_{ratio}']}x faster)",
             flush=True,
         )
 

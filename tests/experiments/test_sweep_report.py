@@ -247,3 +247,8 @@ def test_claims_logic():
     assert c2["verdict"] == "does not hold"
     del table[(200, "ftd")]
     assert check_claims(cfg, table, "htd", s)[1]["verdict"] == "undecided"
+    # one seed has no spread: the margin (and so the claim) is undecided, not "does not hold"
+    table[(200, "ftd")] = {s: _cell(0.318, 0.002)}
+    table[(20, "htd")] = {s: {**_cell(0.275, 0.0), "n": 1}}
+    c1 = check_claims(cfg, table, "htd", s)[0]
+    assert c1["verdict"] == "undecided" and "needs 2+ seeds" in " ".join(c1["evidence"])

@@ -416,6 +416,17 @@ def _get(table, dim, method, sel):
     return e
 
 
+def _pooled_std(a: dict, b: dict) -> float:
+    """sqrt((std_a² + std_b²) / 2); nan unless both cells have two seeds or more."""
+    if a["n"] < 2 or b["n"] < 2:
+        return float("nan")
+    return math.sqrt((a["std"] ** 2 + b["std"] ** 2) / 2)
+
+
+def _fmt_spread(pooled: float) -> str:
+    return "n/a (needs 2+ seeds of each)" if math.isnan(pooled) else f"{2 * pooled:.4f}"
+
+
 def check_claims(cfg: SweepConfig, table: dict, htd_method: str, sel: str) -> list[dict]:
     """methods.md §6 claims under one selection, for one HTD arm."""
     t_dim = cfg.teacher.model.embedding_dim
@@ -435,16 +446,18 @@ def check_claims(cfg: SweepConfig, table: dict, htd_method: str, sel: str) -> li
             decided = False
             lines.append(f"d={d}: runs missing")
             continue
-        pooled = math.sqrt((h["std"] ** 2 + f["std"] ** 2) / 2) if h["n"] > 1 else float("nan")
+        pooled = _pooled_std(h, f)
         gap = h["mean"] - f["mean"]
         order = h["mean"] > f["mean"] > s["mean"]
         margin = gap > 2 * pooled if not math.isnan(pooled) else False
         ok &= order and margin
+        if math.isnan(pooled):  # the margin needs a spread: two seeds of each at least
+            decided = False
         lines.append(
             f"d={d} (φ={d / t_dim:.2f}): HTD {h['mean']:.4f} vs FTD {f['mean']:.4f} vs student "
-            f"{s['mean']:.4f}; HTD−FTD = {gap:+.4f}, 2×pooled std = "
-            f"{2 * pooled:.4f} → order {'kept' if order else 'broken'}, margin "
-            f"{'met' if margin else 'not met'}"
+            f"{s['mean']:.4f}; HTD−FTD = {gap:+.4f}, 2×pooled std = {_fmt_spread(pooled)}"
+            f" → order {'kept' if order else 'broken'}, margin "
+            + ("undecided" if math.isnan(pooled) else "met" if margin else "not met")
         )
     out.append(
         {
@@ -462,7 +475,10 @@ def check_claims(cfg: SweepConfig, table: dict, htd_method: str, sel: str) -> li
             decided = False
             lines.append(f"d={d}: runs missing")
             continue
-        pooled = math.sqrt((h["std"] ** 2 + f["std"] ** 2) / 2) if h["n"] > 1 else float("nan")
+        pooled = _pooled_std(h, f)
+        if math.isnan(pooled) and d in large:
+            decided = False
+            lines.append(f"d={d}: one seed only; the seed-noise test needs two or more")
         deltas[d] = (h["mean"] - f["mean"], pooled)
     ok = decided
     if decided:
@@ -485,7 +501,7 @@ def check_claims(cfg: SweepConfig, table: dict, htd_method: str, sel: str) -> li
             lines.append(
                 f"d={d}: FTD {f['mean']:.4f} {'≥' if ftd_ok else '<'} student "
                 f"{s['mean'] if s else float('nan'):.4f}; |Δ| = {abs(delta):.4f} "
-                f"{'≤' if noise else '>'} 2×pooled std {2 * pooled:.4f}"
+                f"{'≤' if noise else '>'} 2×pooled std {_fmt_spread(pooled)}"
             )
     out.append(
         {

@@ -10,6 +10,7 @@ machine (the load average at start and end is recorded; a shared CPU inflates ev
     python bench/bench_sweep.py                         # the reference 13 runs
     python bench/bench_sweep.py --config configs/smoke.yaml --epochs 2   # smoke test
     python bench/bench_sweep.py --set students.train.device=cuda         # any --set override
+    python bench/bench_sweep.py --jobs 2                # two student runs at once
 
 Rerunning with the same --out resumes (finished runs are skipped and not re-timed); pass
 --fresh to delete the output directory first.
@@ -42,6 +43,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=None, help="override teacher+student epochs")
     ap.add_argument("--set", dest="sets", action="append", default=[])
     ap.add_argument("--fresh", action="store_true", help="delete --out first")
+    ap.add_argument("--jobs", type=int, default=1, help="student runs at once (sweep --jobs)")
     ap.add_argument("--result", default=str(ROOT / "bench" / "results" / "sweep.json"))
     args = ap.parse_args()
 
@@ -59,7 +61,7 @@ def main() -> None:
         shutil.rmtree(out)
     load_start = os.getloadavg()
     t0 = time.perf_counter()
-    summary = run_sweep(cfg, out, restart=True, progress=True)
+    summary = run_sweep(cfg, out, restart=True, progress=True, jobs=args.jobs)
     total = time.perf_counter() - t0
     load_end = os.getloadavg()
 
@@ -85,6 +87,7 @@ def main() -> None:
         "config": str(args.config),
         "overrides": sets,
         "total_wall_seconds": round(total, 1),
+        "jobs": args.jobs,
         "trained_runs": len(summary["trained"]),
         "skipped_runs": len(summary["skipped"]),
         "target_seconds": 900,

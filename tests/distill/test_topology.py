@@ -500,3 +500,31 @@ def test_htd_few_steps_lower_the_loss_float32():
         opt.step()
     assert all(math.isfinite(v) for v in losses)
     assert sum(losses[-5:]) / 5 < losses[0]
+
+
+def test_bucketed_expert_dispatch_with_skewed_counts_matches_dense():
+    """One-hot weights with very unequal expert loads (1 to 120 rows, one expert unused): the
+    padded, bucketed GEMMs give the dense mixture's values and every gradient."""
+    g = torch.Generator().manual_seed(7)
+    loads = [1, 2, 3, 120, 0, 40, 9]
+    assign = torch.cat([torch.full((c,), k) for k, c in enumerate(loads)])
+    assign = assign[torch.randperm(assign.numel(), generator=g)]
+    n, k = assign.numel(), len(loads)
+    x0 = torch.randn(n, 3, generator=g, dtype=D)
+    w0 = torch.nn.functional.one_hot(assign, k).to(D) * 0.5 + 0.0
+    target = torch.randn(n, 6, generator=g, dtype=D)
+    results = []
+    for threshold in (0.0, 1e-12):
+        bank = _bank(k=k)
+        x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+        out = mix_experts(bank, x, w, threshold=threshold, dense_above=1.0)
+        (target - out).square().sum().backward()
+        grads = [x.grad, bank.w1.grad, bank.b1.grad, bank.w2.grad, bank.b2.grad]
+        results.append((out.detach(), grads, w.grad))
+    (dense, gd, wd), (sparse, gs, ws) = results
+    assert torch.allclose(dense, sparse, atol=1e-12)
+    for a, b in zip(gd, gs, strict=True):
+        assert torch.allclose(a, b, atol=1e-10)
+    used = w0 > 0
+    assert torch.allclose(wd[used], ws[used], atol=1e-10)
+    assert torch.count_nonzero(gs[1][4]) == 0  # the unused expert gets no gradient

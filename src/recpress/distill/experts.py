@@ -153,61 +153,87 @@ def mix_experts(
     return student.new_zeros(student.shape[0], bank.teacher_dim).index_add(0, rows, y)
 
 
+def _expert_buckets(
+    experts: torch.Tensor, counts: list[int]
+) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]]:
+    """Padded layout of rows grouped by expert, experts bucketed by row count (powers of two).
+
+    `experts` (n,) is sorted (rows of expert m are contiguous, ``counts[m]`` of them). Returns,
+    per bucket: (its experts (E,), its rows (R,), their slots in an (E·m, ·) buffer viewed as
+    (E, m, ·), m = the bucket's largest count). Padding costs at most 2x the rows.
+    """
+    device = experts.device
+    counts_t = torch.tensor(counts, device=device)
+    starts = torch.cumsum(counts_t, 0) - counts_t
+    pos = torch.arange(experts.shape[0], device=device) - starts[experts]
+    used = [m for m, c in enumerate(counts) if c]
+    by_bucket: dict[int, list[int]] = {}
+    for m in used:
+        by_bucket.setdefault(counts[m].bit_length(), []).append(m)
+    local = torch.empty(len(counts), dtype=torch.int64, device=device)
+    buckets = []
+    for members in by_bucket.values():
+        ids = torch.tensor(members, device=device)
+        local[ids] = torch.arange(len(members), device=device)
+        width = max(counts[m] for m in members)
+        member = torch.zeros(len(counts), dtype=torch.bool, device=device)
+        member[ids] = True
+        rows = torch.nonzero(member[experts]).squeeze(1)
+        slots = local[experts[rows]] * width + pos[rows]
+        buckets.append((ids, rows, slots, width))
+    return buckets
+
+
+def _pad(values: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor, n: int, width: int):
+    """Rows `rows` of `values` (·, k) placed at `slots` of a zero (n, width, k) buffer."""
+    out = values.new_zeros(n * width, values.shape[1])
+    return out.index_copy_(0, slots, values.index_select(0, rows)).view(n, width, -1)
+
+
 class _GroupedExperts(torch.autograd.Function):
     """Row r of x (rows grouped by expert, ``counts[m]`` rows for expert m) → E_{expert[r]}(x_r).
 
-    Forward and backward by hand with one GEMM call per expert and layer, written into
-    preallocated buffers (``out=``); bias gradients are one segment sum each, and the stacked
-    weight gradients are filled per expert (no per-expert autograd nodes, no stacking).
+    Forward and backward by hand. Experts with similar row counts (same power of two) share one
+    zero-padded batched GEMM per layer (`_expert_buckets`), so a step costs a handful of
+    ``baddbmm``/``bmm`` calls instead of two per expert; padded rows carry zero input gradients,
+    so they add nothing to any gradient. Bias gradients are sums over each expert's rows.
     """
 
     @staticmethod
     def forward(ctx, x, experts, counts, w1, b1, w2, b2):  # noqa: D102 - see the class docstring
-        n_rows = x.shape[0]
-        hidden = x.new_empty(n_rows, w1.shape[2])
-        y = x.new_empty(n_rows, w2.shape[2])
-        spans = []
-        start = 0
-        for m, c in enumerate(counts):
-            if c:
-                spans.append((m, start, start + c))
-                torch.addmm(b1[m], x[start : start + c], w1[m], out=hidden[start : start + c])
-            start += c
-        hidden.relu_()
-        for m, lo, hi in spans:
-            torch.addmm(b2[m], hidden[lo:hi], w2[m], out=y[lo:hi])
-        ctx.spans = spans
-        ctx.save_for_backward(x, experts, hidden, w1, w2)
+        y = x.new_empty(x.shape[0], w2.shape[2])
+        saved = []
+        for ids, rows, slots, width in _expert_buckets(experts, counts):
+            xb = _pad(x, rows, slots, ids.numel(), width)  # (E, m, d_s)
+            hidden = torch.baddbmm(b1[ids].unsqueeze(1), xb, w1[ids]).relu_()
+            yb = torch.baddbmm(b2[ids].unsqueeze(1), hidden, w2[ids])
+            y.index_copy_(0, rows, yb.view(-1, yb.shape[2]).index_select(0, slots))
+            saved.append((ids, rows, slots, width, xb, hidden))
+        ctx.saved = saved
+        ctx.save_for_backward(w1, w2)
+        ctx.x_shape = x.shape
         return y
 
     @staticmethod
     def backward(ctx, gy):  # noqa: D102
-        x, experts, hidden, w1, w2 = ctx.saved_tensors
-        gy = gy.contiguous()
+        w1, w2 = ctx.saved_tensors
         need_x, need_w = ctx.needs_input_grad[0], any(ctx.needs_input_grad[3:])
-        gh = torch.empty_like(hidden)
-        gw1 = gw2 = None
-        if need_w:  # every used expert's slice is overwritten below; zero only the unused ones
-            gw1, gw2 = torch.empty_like(w1), torch.empty_like(w2)
-            used = torch.zeros(w1.shape[0], dtype=torch.bool)
-            used[[m for m, _, _ in ctx.spans]] = True
-            unused = (~used).to(w1.device)
-            gw1[unused] = 0.0
-            gw2[unused] = 0.0
-        for m, lo, hi in ctx.spans:
+        gx = gy.new_empty(ctx.x_shape) if need_x else None
+        gw1 = gb1 = gw2 = gb2 = None
+        if need_w:  # unused experts get zero gradients; used ones are overwritten below
+            gw1, gw2 = torch.zeros_like(w1), torch.zeros_like(w2)
+            gb1 = w1.new_zeros(w1.shape[0], w1.shape[2])
+            gb2 = w2.new_zeros(w2.shape[0], w2.shape[2])
+        gy = gy.contiguous()
+        for ids, rows, slots, width, xb, hidden in ctx.saved:
+            gyb = _pad(gy, rows, slots, ids.numel(), width)  # zero on padded rows
+            gh = torch.bmm(gyb, w2[ids].transpose(1, 2)).masked_fill_(hidden <= 0, 0.0)
             if need_w:
-                torch.mm(hidden[lo:hi].T, gy[lo:hi], out=gw2[m])
-            torch.mm(gy[lo:hi], w2[m].T, out=gh[lo:hi])
-        gh.masked_fill_(hidden <= 0, 0.0)
-        gx = torch.empty_like(x) if need_x else None
-        for m, lo, hi in ctx.spans:
-            if need_w:
-                torch.mm(x[lo:hi].T, gh[lo:hi], out=gw1[m])
+                gw2[ids] = torch.bmm(hidden.transpose(1, 2), gyb)
+                gb2[ids] = gyb.sum(1)
+                gw1[ids] = torch.bmm(xb.transpose(1, 2), gh)
+                gb1[ids] = gh.sum(1)
             if need_x:
-                torch.mm(gh[lo:hi], w1[m].T, out=gx[lo:hi])
-        gb1 = gb2 = None
-        if need_w:
-            n_m = w1.shape[0]
-            gb1 = gh.new_zeros(n_m, gh.shape[1]).index_add_(0, experts, gh)
-            gb2 = gy.new_zeros(n_m, gy.shape[1]).index_add_(0, experts, gy)
+                gxb = torch.bmm(gh, w1[ids].transpose(1, 2))
+                gx.index_copy_(0, rows, gxb.view(-1, gxb.shape[2]).index_select(0, slots))
         return gx, None, None, gw1, gb1, gw2, gb2

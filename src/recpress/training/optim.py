@@ -62,16 +62,11 @@ def _fused_rows_update(
     k = (t - 1 - last_step[rows]).to(p.dtype).unsqueeze(1)
     m, v, theta = exp_avg[rows], exp_avg_sq[rows], p[rows]
     r = b1 / math.sqrt(b2)
-
-    def power(base: float) -> torch.Tensor:  # base**k, flushed to 0 below 1e-30 (`_decay`)
-        log_value = k * math.log(base)
-        return torch.where(log_value < -69.0, 0.0, torch.exp(log_value))
-
-    series = (-lr * r / (1.0 - r)) * (1.0 - power(r)) / bc1
+    series = (-lr * r / (1.0 - r)) * (1.0 - _decay(r, k)) / bc1
     theta = theta + m * series / (v.sqrt() / bc2_sqrt + eps)
     g = grad + wd * theta
-    m = m * (power(b1) * b1) + (1 - b1) * g
-    v = v * (power(b2) * b2) + (1 - b2) * g * g
+    m = m * (_decay(b1, k) * b1) + (1 - b1) * g
+    v = v * (_decay(b2, k) * b2) + (1 - b2) * g * g
     theta = theta - (lr / bc1) * m / (v.sqrt() / bc2_sqrt + eps)
     exp_avg[rows] = m
     exp_avg_sq[rows] = v

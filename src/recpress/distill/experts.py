@@ -153,35 +153,34 @@ def mix_experts(
     return student.new_zeros(student.shape[0], bank.teacher_dim).index_add(0, rows, y)
 
 
-def _expert_buckets(
-    experts: torch.Tensor, counts: list[int]
+def padded_groups(
+    group: torch.Tensor, counts: torch.Tensor
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]]:
-    """Padded layout of rows grouped by expert, experts bucketed by row count (powers of two).
+    """Zero-padded block layout of rows by group, groups bucketed by size (powers of two).
 
-    `experts` (n,) is sorted (rows of expert m are contiguous, ``counts[m]`` of them). Returns,
-    per bucket: (its experts (E,), its rows (R,), their slots in an (E·m, ·) buffer viewed as
-    (E, m, ·), m = the bucket's largest count). Padding costs at most 2x the rows.
+    group: (n,) group id of each row in [0, G); counts: (G,) rows per group (zeros allowed).
+    Returns, per size bucket: (its groups (B,), its rows (R,) sorted by group, their slots in a
+    (B·m, ·) buffer viewed as (B, m, ·), m = the bucket's largest group). Padding costs at most
+    2x the rows (4x the pairs of a same-group pair matrix), and there are at most log2(n)
+    buckets: one batched GEMM each instead of one per group.
     """
-    device = experts.device
-    counts_t = torch.tensor(counts, device=device)
-    starts = torch.cumsum(counts_t, 0) - counts_t
-    pos = torch.arange(experts.shape[0], device=device) - starts[experts]
-    used = [m for m, c in enumerate(counts) if c]
-    by_bucket: dict[int, list[int]] = {}
-    for m in used:
-        by_bucket.setdefault(counts[m].bit_length(), []).append(m)
-    local = torch.empty(len(counts), dtype=torch.int64, device=device)
-    buckets = []
-    for members in by_bucket.values():
-        ids = torch.tensor(members, device=device)
-        local[ids] = torch.arange(len(members), device=device)
-        width = max(counts[m] for m in members)
-        member = torch.zeros(len(counts), dtype=torch.bool, device=device)
-        member[ids] = True
-        rows = torch.nonzero(member[experts]).squeeze(1)
-        slots = local[experts[rows]] * width + pos[rows]
-        buckets.append((ids, rows, slots, width))
-    return buckets
+    device = group.device
+    order = torch.argsort(group, stable=True)
+    sorted_group = group[order]
+    starts = torch.cumsum(counts, 0) - counts
+    pos = torch.arange(group.shape[0], device=device) - starts[sorted_group]
+    used = counts > 0
+    bucket = torch.floor(torch.log2(counts.clamp_min(1).double())).long()
+    blocks = []
+    for b in torch.unique(bucket[used]).tolist():
+        members = torch.nonzero(used & (bucket == b)).flatten()
+        local = torch.full_like(counts, -1)
+        local[members] = torch.arange(members.numel(), device=device)
+        sel = local[sorted_group] >= 0
+        width = int(counts[members].max())
+        slots = local[sorted_group[sel]] * width + pos[sel]
+        blocks.append((members, order[sel], slots, width))
+    return blocks
 
 
 def _pad(values: torch.Tensor, rows: torch.Tensor, slots: torch.Tensor, n: int, width: int):
@@ -194,7 +193,7 @@ class _GroupedExperts(torch.autograd.Function):
     """Row r of x (rows grouped by expert, ``counts[m]`` rows for expert m) → E_{expert[r]}(x_r).
 
     Forward and backward by hand. Experts with similar row counts (same power of two) share one
-    zero-padded batched GEMM per layer (`_expert_buckets`), so a step costs a handful of
+    zero-padded batched GEMM per layer (`padded_groups`), so a step costs a handful of
     ``baddbmm``/``bmm`` calls instead of two per expert; padded rows carry zero input gradients,
     so they add nothing to any gradient. Bias gradients are sums over each expert's rows.
     """
@@ -203,7 +202,8 @@ class _GroupedExperts(torch.autograd.Function):
     def forward(ctx, x, experts, counts, w1, b1, w2, b2):  # noqa: D102 - see the class docstring
         y = x.new_empty(x.shape[0], w2.shape[2])
         saved = []
-        for ids, rows, slots, width in _expert_buckets(experts, counts):
+        counts_t = torch.tensor(counts, device=x.device)
+        for ids, rows, slots, width in padded_groups(experts, counts_t):
             xb = _pad(x, rows, slots, ids.numel(), width)  # (E, m, d_s)
             hidden = torch.baddbmm(b1[ids].unsqueeze(1), xb, w1[ids]).relu_()
             yb = torch.baddbmm(b2[ids].unsqueeze(1), hidden, w2[ids])

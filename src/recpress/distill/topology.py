@@ -43,7 +43,13 @@ import torch.nn.functional as F
 
 from recpress.data.types import Split
 from recpress.distill.base import Distiller
-from recpress.distill.experts import ExpertBank, annealed_tau, gumbel_softmax, mix_experts
+from recpress.distill.experts import (
+    ExpertBank,
+    annealed_tau,
+    gumbel_softmax,
+    mix_experts,
+    padded_groups,
+)
 from recpress.models.base import Recommender, TripletBatch
 
 try:  # the registry lands separately; without it the classes are still usable directly
@@ -143,35 +149,6 @@ def _group_layout(groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int
     return inverse, counts, int(counts.numel())
 
 
-def _group_blocks(
-    inverse: torch.Tensor, counts: torch.Tensor
-) -> list[tuple[torch.Tensor, torch.Tensor, int, int]]:
-    """Padded block layout of same-group pairs, groups bucketed by size (powers of two).
-
-    Returns, per size bucket, (entity indices, flat slots, number of groups, padded size m):
-    entity ``idx[r]`` goes to slot ``slot[r]`` of a (groups·m, d) buffer viewed as (groups, m, d).
-    Padding to the bucket's largest group costs at most 4× the exact Σ n_g² pairs, and there are
-    at most log2(n) buckets (one batched matmul each).
-    """
-    n = inverse.shape[0]
-    device = inverse.device
-    order = torch.argsort(inverse, stable=True)
-    sorted_groups = inverse[order]
-    starts = torch.cumsum(counts, 0) - counts
-    pos = torch.arange(n, device=device) - starts[sorted_groups]
-    bucket = torch.floor(torch.log2(counts.double())).long()
-    blocks = []
-    for b in torch.unique(bucket).tolist():
-        members = torch.nonzero(bucket == b).flatten()
-        local = torch.full_like(counts, -1)
-        local[members] = torch.arange(members.numel(), device=device)
-        sel = local[sorted_groups] >= 0
-        m = int(counts[members].max())
-        slot = local[sorted_groups[sel]] * m + pos[sel]
-        blocks.append((order[sel], slot, int(members.numel()), m))
-    return blocks
-
-
 class _TilePairLoss(torch.autograd.Function):
     """Σ mask·(P·Qᵀ − T)² over a tile of the same-group pairs (batched), T constant.
 
@@ -244,9 +221,9 @@ def htd_entity_loss(
 
     ``pair_filter="teacher_positive"`` keeps only pairs whose teacher cosine is > 0 (reference).
     Only same-group pairs are computed (no n×n matrix): entities are sorted by group and padded
-    into blocks (`_group_blocks`), one batched matmul per size bucket. Padded slots are zero rows
-    on both sides (cosine 0), so they add nothing, and are excluded by the teacher-positive
-    filter.
+    into blocks (`experts.padded_groups`), one batched matmul per size bucket. Padded slots are
+    zero rows on both sides (cosine 0), so they add nothing, and are excluded by the
+    teacher-positive filter.
 
     With ``pair_filter="all"`` a large group uses the Gram form instead (as FTD, per group g:
     ‖N_tᵀN_t‖²_F − 2‖N_tᵀN_s‖²_F + ‖N_sᵀN_s‖²_F over the group's own rows, unpadded), which
@@ -283,7 +260,8 @@ def htd_entity_loss(
             keep = small[inverse]
             ns, nt = ns[keep], nt[keep]
             inverse, counts, _ = _group_layout(inverse[keep])
-    for idx, slot, n_blocks, m in _group_blocks(inverse, counts):
+    for members, idx, slot, m in padded_groups(inverse, counts):
+        n_blocks = members.numel()
         ps = ns.new_zeros(n_blocks * m, d_s).index_copy(0, slot, ns[idx])
         ps = ps.view(n_blocks, m, d_s)
         with torch.no_grad():

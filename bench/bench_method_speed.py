@@ -25,7 +25,12 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ["none", "kd", "rd", "cd", "rrd", "ir-rrd", "dcd", "unkd", "de", "de+rrd", "ftd", "htd"]
+METHODS = [
+    "none", "kd", "rd", "cd", "rrd", "ir-rrd", "dcd", "unkd",
+    "de", "de@bf16", "de+rrd", "de+rrd@bf16", "ftd", "htd", "htd@bf16",
+]  # fmt: skip
+#: "METHOD@bf16": the method's expert banks (DE, HTD) with expert_precision=bf16
+EXPERT_METHODS = ("de", "htd")
 #: the reference experiment's HTD (configs/td-citeulike.yaml)
 PARAMS = {"htd": {"preset": "reference", "n_groups": 30, "gamma": 0.5, "choice": "second"}}
 #: the epochs timed: τ = 1 at epoch 0; HTD's τ (E_max = 100) is ~1e-5 at 50, DE's (E_max = 1000)
@@ -58,10 +63,15 @@ class Arm:
         self.model = BPRMF(dim)
         self.model.build(split.n_users, split.n_items, self.generator)
         self.distillers = []
-        if method != "none":
-            names = method.split("+")
-            params = {n: PARAMS[n] for n in names if n in PARAMS}
-            self.distillers = make_distillers(method, None, params)
+        spec, _, precision = method.partition("@")
+        if spec != "none":
+            names = spec.split("+")
+            params = {n: dict(PARAMS.get(n, {})) for n in names}
+            if precision:
+                for n in names:
+                    if n in EXPERT_METHODS:
+                        params[n]["expert_precision"] = precision
+            self.distillers = make_distillers(spec, None, params)
             prepare_distillers(self.distillers, knowledge, split, student=self.model, seed=0)
         params = list(self.model.parameters())
         for d, _ in self.distillers:

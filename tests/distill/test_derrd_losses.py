@@ -302,6 +302,32 @@ def test_de_mixture_paths_match_einsum(tau):
         torch.testing.assert_close(xs.grad, xr.grad, rtol=1e-6, atol=1e-6)
 
 
+def test_de_bf16_experts_close_to_fp32_and_validated():
+    from recpress.distill.experts import ExpertBank, dense_mixture
+
+    g = torch.Generator().manual_seed(1)
+    fp32 = ExpertBank(6, 8, 32, None, g)
+    bf16 = ExpertBank(6, 8, 32, None, None, precision="bf16")
+    bf16.load_state_dict(fp32.state_dict())
+    x = torch.randn(200, 8, generator=g)
+    z = torch.softmax(torch.randn(200, 6, generator=g), -1)
+    grads = []
+    for bank in (fp32, bf16):
+        xs = x.clone().requires_grad_(True)
+        out = dense_mixture(bank, xs, z)
+        assert out.dtype == torch.float32  # parameters and outputs stay fp32
+        out.square().sum().backward()
+        grads.append((out.detach(), xs.grad, bank.w2.grad))
+    for a, b in zip(grads[0], grads[1], strict=True):
+        assert b.dtype == torch.float32
+        rel = float((a - b).norm() / a.norm())
+        assert 1e-6 < rel < 2e-2  # bf16 rounding: not exact, but close
+    with pytest.raises(ValueError, match="precision"):
+        ExpertBank(2, 2, 2, precision="fp16")
+    with pytest.raises(ConfigError, match="expert_precision"):
+        make_distillers("de", None, {"de": {"expert_precision": "int8"}})
+
+
 def test_rrd_fast_path_matches_logcumsumexp_reference():
     from recpress.distill.relaxed_ranking import _rrd_reference
 

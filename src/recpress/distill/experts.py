@@ -25,6 +25,10 @@ def gumbel_softmax(
     return torch.softmax((log_alpha.to(dtype) + gumbel) / tau, dim=-1)
 
 
+#: compute precisions of the expert GEMMs (`ExpertBank.precision`)
+EXPERT_PRECISIONS = ("fp32", "bf16")
+
+
 class ExpertBank(nn.Module):
     """M experts E_m: Linear(d_s → h) → ReLU → Linear(h → d_t), plus a selection network.
 
@@ -34,6 +38,10 @@ class ExpertBank(nn.Module):
     Args:
         n_experts: M.
         student_dim: d_s; teacher_dim: d_t; hidden_dim: h (default ⌊(d_t + d_s)/2⌋).
+        precision: "fp32" (default, exact) or "bf16": the dense mixture's GEMMs run under
+            bfloat16 autocast (parameters and outputs stay fp32; ~0.4% relative error in the
+            mixture). About 1.8x faster on CPUs with AVX512-BF16/AMX and on GPUs; much slower
+            on CPUs without bf16 instructions.
     Parameter count: M·(d_s·h + h + h·d_t + d_t) + (d_t·M + M).
     """
 
@@ -44,8 +52,12 @@ class ExpertBank(nn.Module):
         teacher_dim: int,
         hidden_dim: int | None = None,
         generator: torch.Generator | None = None,
+        precision: str = "fp32",
     ) -> None:
         super().__init__()
+        if precision not in EXPERT_PRECISIONS:
+            raise ValueError(f"precision must be one of {EXPERT_PRECISIONS}, got {precision!r}")
+        self.precision = precision
         h = hidden_dim if hidden_dim is not None else (teacher_dim + student_dim) // 2
         self.n_experts, self.student_dim, self.teacher_dim, self.hidden_dim = (
             n_experts,
@@ -109,15 +121,19 @@ def dense_mixture(bank: ExpertBank, x: torch.Tensor, w: torch.Tensor) -> torch.T
     Two GEMMs over the stacked experts: Σ_m w_m·(W2_mᵀ h_m + b2_m) = Σ_m W2_mᵀ (w_m h_m) + w·b2,
     so the hidden units are scaled by the weights and one (n, M·h) × (M·h, d_t) product replaces
     the M expert outputs (no (n, M, d_t) tensor). The cost is the GEMMs (a hand-written backward
-    reusing the (n, M·h) buffers measured no faster).
+    reusing the (n, M·h) buffers measured no faster). With ``bank.precision == "bf16"`` the
+    GEMMs run under bfloat16 autocast and the result is cast back to ``x.dtype``.
     """
     n_m, d_s, h = bank.w1.shape
     w = w.to(x.dtype)
-    hidden = torch.relu(
-        torch.addmm(bank.b1.reshape(-1), x, bank.w1.permute(1, 0, 2).reshape(d_s, n_m * h))
-    )
-    weighted = (hidden.view(-1, n_m, h) * w.unsqueeze(2)).view(-1, n_m * h)
-    return torch.addmm(w @ bank.b2, weighted, bank.w2.reshape(n_m * h, -1))
+    low = bank.precision == "bf16"
+    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=low):
+        hidden = torch.relu(
+            torch.addmm(bank.b1.reshape(-1), x, bank.w1.permute(1, 0, 2).reshape(d_s, n_m * h))
+        )
+        weighted = (hidden.view(-1, n_m, h) * w.unsqueeze(2).to(hidden.dtype)).view(-1, n_m * h)
+        out = torch.addmm(w @ bank.b2, weighted, bank.w2.reshape(n_m * h, -1))
+    return out.to(x.dtype)
 
 
 def mix_experts(

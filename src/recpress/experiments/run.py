@@ -120,6 +120,7 @@ def train_run(
         "split": split_record(split),
         "device": str(next(model.parameters()).device),
         "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
     }
     if config.distill is not None:
         aux = int(sum(d.num_aux_parameters() for d, _ in distillers))

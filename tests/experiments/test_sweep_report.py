@@ -194,6 +194,16 @@ def test_shipped_configs_validate():
     assert {"none", "ftd", "htd", "de", "rrd", "de+rrd", "htd+rrd"} <= set(td.students.methods)
     assert len(plan(td, "/nonexistent")) == 1 + 4 * len(td.students.methods) * 3
     load_sweep_config(root / "smoke.yaml")
+    derrd = load_sweep_config(root / "derrd-citeulike.yaml")
+    issue3 = {"none", "kd", "rd", "cd", "rrd", "ir-rrd", "dcd", "unkd", "de", "de+rrd"}
+    assert set(derrd.students.methods) == issue3 and derrd.students.dims == [20]
+    assert derrd.teacher == td.teacher  # one teacher serves both experiments
+    from recpress.distill import make_distillers
+
+    ((de, weight),) = make_distillers(
+        "de", {"de": derrd.students.weights["de"]}, derrd.students.params
+    )
+    assert de.expert_precision == "bf16" and weight == 0.01
 
 
 def test_cli_sweep_bad_config_exit_2(tmp_path, capsys):

@@ -8,7 +8,7 @@ with ``recpress sweep`` / ``recpress report``. Then, per method: test Recall/NDC
 the validation-selected epoch (mean ± std over seeds), test Recall@50 at the last epoch, a
 paired t-test against the no-KD student (per-user Recall@50, averaged over common seeds),
 seconds per epoch (training only) and the auxiliary parameters; and a plain statement of which
-methods helped and by how much. Writes bench/results/distill.json and distill.md.
+methods helped (p < 0.05) and by how much. Writes bench/results/distill.json and distill.md.
 
     RECPRESS_DATA=../shared/datasets python bench/bench_distill.py \\
         --sweep runs/derrd-citeulike [--jobs 2] [--only 'd=20 de seed'] [--no-train]
@@ -28,6 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = [f"{m}@{k}" for m in ("recall", "ndcg") for k in (10, 20, 50)]
 SELECTED = "best_valid"
+#: a method "helped" (or "hurt") only where the paired t-test vs no KD has p below this
+ALPHA = 0.05
 #: the must-reach comparison of issue 3
 CORE = ("de", "rrd", "de+rrd")
 
@@ -101,10 +103,14 @@ def verdicts(rows: dict) -> tuple[list[str], dict]:
         rel = (r / b - 1) * 100
         test = rows[m].get("paired_vs_none")
         sig = ""
+        verb = "helped" if r > b else "did not help"
         if test is not None:
             sig = f"; paired t-test over {test['n_users']} users p = {test['p']:.2g}"
+            if test["p"] >= ALPHA:
+                verb = "made no clear difference"
+            elif r < b:
+                verb = "hurt"
         n = len(rows[m]["seeds"])
-        verb = "helped" if r > b else "did not help"
         lines.append(
             f"- **{m}** {verb}: test Recall@50 {r:.4f} vs {b:.4f} without KD "
             f"({r - b:+.4f}, {rel:+.1f}%), NDCG@50 {rows[m]['ndcg@50']['mean']:.4f} vs "

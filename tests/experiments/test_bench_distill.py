@@ -84,3 +84,10 @@ def test_bench_distill_summarises_the_sweep(data_root, tmp_path, monkeypatch):
     md = out.with_suffix(".md").read_text()
     assert "## Which methods helped" in md and "| teacher (BPR d=8) |" in md
     assert sum(line.startswith("- **") for line in md.splitlines()) == 3
+    for method, row in result["methods"].items():
+        if method == "none":
+            continue
+        line = next(x for x in md.splitlines() if x.startswith(f"- **{method}**"))
+        p, better = row["paired_vs_none"]["p"], means[method] > means["none"]
+        verdict = "made no clear difference" if p >= 0.05 else ("helped" if better else "hurt")
+        assert f"**{method}** {verdict}:" in line

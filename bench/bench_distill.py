@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
+import statistics
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,11 +51,10 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def mean_std(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else float("nan")
-    return mean, std
+def mean_std(values: list[float]) -> dict[str, float]:
+    """{"mean", "std"} (sample std; nan for a single value)."""
+    std = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return {"mean": statistics.fmean(values), "std": std}
 
 
 def _threads(run_dir: Path) -> int | str:
@@ -75,9 +74,9 @@ def summarise(found: dict, dim: int, paired: dict) -> dict:
         row: dict = {"seeds": sorted(r.seed for r in runs)}
         for k in METRICS:
             vals = [r.results[SELECTED][k] for r in runs]
-            row[k] = {"mean": mean_std(vals)[0], "std": mean_std(vals)[1], "values": vals}
+            row[k] = {**mean_std(vals), "values": vals}
         last = [r.results["fixed_epochs"]["recall@50"] for r in runs]
-        row["recall@50_last_epoch"] = {"mean": mean_std(last)[0], "std": mean_std(last)[1]}
+        row["recall@50_last_epoch"] = mean_std(last)
         row["selected_epochs"] = [r.selected_epoch[SELECTED] for r in runs]
         row["seconds_per_epoch"] = sum(r.seconds_per_epoch for r in runs) / len(runs)
         row["torch_threads"] = sorted({_threads(r.path) for r in runs}, key=str)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from recpress.distill.base import Distiller
+from recpress.distill.common import check_choice
 from recpress.distill.experts import (
     EXPERT_PRECISIONS,
     ExpertBank,
@@ -91,15 +92,13 @@ class DistillationExperts(Distiller):
             raise ValueError(f"max_epochs must be positive, got {max_epochs}")
         if reduction not in ("sum", "mean"):
             raise ValueError(f"reduction must be sum or mean, got {reduction!r}")
-        if expert_precision not in EXPERT_PRECISIONS:
-            raise ValueError(
-                f"expert_precision must be one of {EXPERT_PRECISIONS}, got {expert_precision!r}"
-            )
         self.n_experts = int(n_experts)
         self.hidden_dim = None if hidden_dim is None else int(hidden_dim)
         self.max_epochs = int(max_epochs)
         self.reduction = reduction
-        self.expert_precision = expert_precision
+        self.expert_precision = check_choice(
+            "expert_precision", expert_precision, EXPERT_PRECISIONS
+        )
         self.student_dim: int | None = None
         self._seed = 0
         self._gen: torch.Generator | None = None

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recpress.distill.common import check_choice
+
 
 def gumbel_softmax(
     log_alpha: torch.Tensor, tau: float, generator: torch.Generator | None = None
@@ -55,9 +57,7 @@ class ExpertBank(nn.Module):
         precision: str = "fp32",
     ) -> None:
         super().__init__()
-        if precision not in EXPERT_PRECISIONS:
-            raise ValueError(f"precision must be one of {EXPERT_PRECISIONS}, got {precision!r}")
-        self.precision = precision
+        self.precision = check_choice("precision", precision, EXPERT_PRECISIONS)
         h = hidden_dim if hidden_dim is not None else (teacher_dim + student_dim) // 2
         self.n_experts, self.student_dim, self.teacher_dim, self.hidden_dim = (
             n_experts,

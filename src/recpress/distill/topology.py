@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from recpress.data.types import Split
 from recpress.distill.base import Distiller
+from recpress.distill.common import check_choice
 from recpress.distill.experts import (
     EXPERT_PRECISIONS,
     ExpertBank,
@@ -477,11 +478,9 @@ class HTD(_TopologyBase):
         self.preset = preset
         self.tau_max_epochs = int(tau_max_epochs)
         self.expert_threshold = float(expert_threshold)
-        if expert_precision not in EXPERT_PRECISIONS:
-            raise ValueError(
-                f"expert_precision must be one of {EXPERT_PRECISIONS}, got {expert_precision!r}"
-            )
-        self.expert_precision = expert_precision
+        self.expert_precision = check_choice(
+            "expert_precision", expert_precision, EXPERT_PRECISIONS
+        )
         self.hidden_dim = hidden_dim
         self.seed = None if seed is None else int(seed)
         self._bound_seed = 0

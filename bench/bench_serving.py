@@ -53,8 +53,9 @@ from recpress.serving.recommender import TopKRecommender
 ROOT = Path(__file__).resolve().parents[1]
 #: chunk sizes (scores per chunk) tried for the all-user throughput, best kept per model
 CHUNK_ELEMENTS = (2**18, 2**19, 2**20, 2**22)
-#: fan-outs of the exact hierarchical top-k tried (0: one plain torch.topk), best kept per model
-FANOUTS = (0, 4, 16, 64)
+#: per top-k selector, the fan-outs of the levels of maxima tried (0: one pass over the row),
+#: best kept per model: the torch path and the compiled kernel (recpress.serving.selection)
+FANOUTS = {"torch": (0, 4, 16, 64), "numba": (4, 8, 16)}
 
 
 def ensure_run(out: Path, dim: int, epochs: int, dataset: str) -> Path:
@@ -203,6 +204,11 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--workers", type=int, default=1, help="uvicorn workers of the HTTP test")
     ap.add_argument("--no-http", action="store_true")
+    ap.add_argument(
+        "--selectors",
+        default="numba,torch",
+        help="top-k selectors tried for the throughput (best kept per model)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "serving.json")
     args = ap.parse_args()
 
@@ -240,17 +246,24 @@ def main() -> None:
     #    its best chunk size (scores per chunk) so neither is handicapped by a cache setting
     thr: dict[str, list] = {"teacher": [], "student": []}
     arts = {"teacher": teacher, "student": student}
+    settings = [(sel, f) for sel in args.selectors.split(",") for f in FANOUTS[sel]]
     for _ in range(args.repeats):
-        for fanout in FANOUTS:
-            trial = {name: TopKRecommender(art, fanout=fanout) for name, art in arts.items()}
+        for selector, fanout in settings:
+            trial = {
+                name: TopKRecommender(art, fanout=fanout, selector=selector)
+                for name, art in arts.items()
+            }
             for chunk in CHUNK_ELEMENTS:
                 for name, rec in trial.items():
                     rec.chunk_users = max(1, chunk // rec.n_items)
                     r = measure_throughput(rec, k=50, repeats=1)
-                    thr[name].append({**r, "chunk_users": rec.chunk_users, "fanout": fanout})
+                    setting = {"chunk_users": rec.chunk_users, "fanout": fanout}
+                    thr[name].append({**r, **setting, "selector": selector})
     for name in recs:
         best_run = max(thr[name], key=lambda r: r["users_per_s"])
-        recs[name] = TopKRecommender(arts[name], fanout=best_run["fanout"])
+        recs[name] = TopKRecommender(
+            arts[name], fanout=best_run["fanout"], selector=best_run["selector"]
+        )
         recs[name].chunk_users = best_run["chunk_users"]
     lat = {name: measure_latency(rec, k=50, n_requests=args.requests) for name, rec in recs.items()}
     out["models"] = {}
@@ -270,6 +283,14 @@ def main() -> None:
         / out["models"]["teacher"]["all_user_top50"]["users_per_s"]
     )
     out["throughput_speedup"] = round(speedup, 2)
+    # the same ratio within each selector, and how much the compiled kernel gains over torch
+    by_sel: dict = {}
+    for sel in {r["selector"] for r in thr["student"]}:
+        best_ups = {
+            name: max(r["users_per_s"] for r in thr[name] if r["selector"] == sel) for name in thr
+        }
+        by_sel[sel] = {**best_ups, "speedup": round(best_ups["student"] / best_ups["teacher"], 2)}
+    out["throughput_by_selector"] = by_sel
 
     # 2. ONNX Runtime vs PyTorch, student, all users (scores), with parity
     with tempfile.TemporaryDirectory() as tmp:

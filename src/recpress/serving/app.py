@@ -75,6 +75,7 @@ def create_app(
     )
     if unknown != rec.unknown:
         rec.unknown = unknown
+    rec.warm_up()  # compile/load the selection kernel now, not on the first request
     max_k = max(1, min(int(max_k), rec.n_items))
     default_k = max(1, min(int(default_k), max_k))
     int_ids = rec.user_ids_are_int

@@ -18,9 +18,16 @@ import numpy as np
 import torch
 
 from recpress.errors import ConfigError
+from recpress.serving import selection
 from recpress.serving.artifact import Artifact, load_artifact
 
 UNKNOWN_POLICIES = ("popularity", "error")
+#: top-k selectors: "numba" (the compiled kernel of `recpress.serving.selection`, CPU), "torch"
+#: (masking scatter + exact hierarchical ``torch.topk``, any device), "auto" (numba where it
+#: can run, else torch)
+SELECTORS = ("auto", "numba", "torch")
+#: default fan-out of the levels of maxima per selector
+DEFAULT_FANOUT = {"numba": selection.DEFAULT_FANOUT, "torch": 4}
 
 
 class UnknownUserError(ConfigError):
@@ -84,6 +91,30 @@ def _py(x: Any) -> Any:
 _MIN_TOP = 8
 #: at most this fraction of padding columns (extra matmul work) for one more level
 _MAX_PAD = 0.01
+
+
+def _resolve_selector(selector: str, device: torch.device) -> str:
+    """The selector to use: validate `selector` (one of `SELECTORS`) for this device."""
+    if selector not in SELECTORS:
+        raise ConfigError(
+            f"selector must be one of {', '.join(SELECTORS)}, got {selector!r}", field="selector"
+        )
+    if selector == "torch" or (selector == "auto" and device.type != "cpu"):
+        return "torch"
+    if device.type != "cpu":
+        raise ConfigError(
+            f"selector 'numba' runs on the CPU only, got device {device}; use selector='torch'",
+            field="selector",
+        )
+    if not selection.available():
+        if selector == "numba":
+            raise ConfigError(
+                f"selector 'numba' needs numba ({selection.unavailable_reason()}); "
+                "install it (pip install numba) or use selector='torch'",
+                field="selector",
+            )
+        return "torch"
+    return "numba"
 
 
 def _hierarchy_shape(n_items: int, fanout: int) -> tuple[int, int]:
@@ -154,8 +185,11 @@ class TopKRecommender:
         unknown: "popularity" (fallback, flagged) or "error" (raise `UnknownUserError`).
         chunk_elements: users per chunk are chosen so that a chunk holds about this many scores
             (default 2**19 floats = 2 MiB: the chunk stays in cache between matmul and top-k).
-        fanout: items per group at each level of the exact hierarchical top-k (0 disables it:
-            one ``torch.topk`` over the whole catalogue; see `_hierarchical_topk`).
+        device: where the matrix product runs (the "numba" selector needs "cpu").
+        fanout: items per group at each level of maxima of the exact top-k (0 disables the
+            levels: one selection pass over the whole catalogue). None: 8 for "numba", 4 for
+            "torch" (see `recpress.serving.selection` and `_hierarchical_topk`).
+        selector: one of `SELECTORS`; the attribute ``selector`` holds the one in use.
     """
 
     def __init__(
@@ -164,7 +198,8 @@ class TopKRecommender:
         unknown: str = "popularity",
         chunk_elements: int = 2**19,
         device: str | torch.device = "cpu",
-        fanout: int = 4,
+        fanout: int | None = None,
+        selector: str = "auto",
     ) -> None:
         if unknown not in UNKNOWN_POLICIES:
             raise ConfigError(
@@ -175,13 +210,17 @@ class TopKRecommender:
         self.artifact = artifact
         self.unknown = unknown
         self.device = torch.device(device)
+        self.selector = _resolve_selector(selector, self.device)
         self.user_emb = artifact.user_emb.to(self.device).contiguous()
-        # (d, width): zero columns pad the catalogue to a multiple of fanout**levels items
         n_items = artifact.n_items
-        self.fanout = int(fanout)
+        self.fanout = DEFAULT_FANOUT[self.selector] if fanout is None else int(fanout)
         if self.fanout < 0 or self.fanout == 1:
             raise ConfigError(f"fanout must be 0 or >= 2, got {fanout}", field="fanout")
-        self.levels, width = _hierarchy_shape(n_items, self.fanout)
+        if self.selector == "torch":
+            # (d, width): zero columns pad the catalogue to a multiple of fanout**levels items
+            self.levels, width = _hierarchy_shape(n_items, self.fanout)
+        else:
+            self.levels, width = 0, n_items  # the kernel handles ragged groups itself
         item_t = torch.zeros(artifact.dim, width, dtype=torch.float32)
         item_t[:, :n_items] = artifact.item_emb.T
         self.item_emb_t = item_t.to(self.device).contiguous()
@@ -191,6 +230,8 @@ class TopKRecommender:
         self._index = {str(u): i for i, u in enumerate(artifact.user_ids.tolist())}
         self.indptr = torch.as_tensor(artifact.seen_indptr, dtype=torch.int64)
         self.indices = torch.as_tensor(artifact.seen_indices, dtype=torch.int64)
+        self._indptr_np = self.indptr.numpy()
+        self._indices_np = self.indices.numpy()
         self.popularity = torch.as_tensor(artifact.popularity, dtype=torch.float32)
         self._pop_order = torch.argsort(self.popularity, descending=True, stable=True)
         self.chunk_users = max(1, int(chunk_elements) // max(1, artifact.n_items))
@@ -233,9 +274,14 @@ class TopKRecommender:
     def topk_internal(
         self, idx: np.ndarray | torch.Tensor, k: int, exclude_seen: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-k (scores, internal item indices) for known internal user indices, chunked."""
+        """Top-k (scores, internal item indices) for known internal user indices, chunked.
+
+        Returns (values (n, k) float32 descending, items (n, k) int64), on the CPU.
+        """
         idx = torch.as_tensor(idx, dtype=torch.int64)
         k = min(int(k), self.n_items)
+        if self.selector == "numba":
+            return self._topk_compiled(idx, k, exclude_seen)
         vals, tops = [], []
         # one score buffer reused by every chunk: a fresh multi-MB tensor per chunk costs page
         # faults that, for a small embedding dim, take longer than the matrix product itself
@@ -262,6 +308,49 @@ class TopKRecommender:
         if not vals:
             return torch.empty(0, k), torch.empty(0, k, dtype=torch.int64)
         return torch.cat(vals).cpu(), torch.cat(tops).cpu()
+
+    def _topk_compiled(
+        self, idx: torch.Tensor, k: int, exclude_seen: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`topk_internal` with the compiled kernel: per chunk one matmul into a reused buffer,
+        then masking + selection in one parallel pass that writes straight into the output."""
+        n = len(idx)
+        values = np.empty((n, k), dtype=np.float32)
+        items = np.empty((n, k), dtype=np.int64)
+        if n == 0:
+            return torch.from_numpy(values), torch.from_numpy(items)
+        rows = min(self.chunk_users, n)
+        buffer = torch.empty((rows, self.n_items))
+        scores = buffer.numpy()
+        users = idx.numpy()
+        fanout = max(self.fanout, 2)
+        levels = selection.choose_levels(self.n_items, k, fanout) if self.fanout else 0
+        threads = torch.get_num_threads()
+        with torch.no_grad():
+            for start in range(0, n, self.chunk_users):
+                stop = min(start + self.chunk_users, n)
+                m = stop - start
+                torch.mm(self.user_emb[idx[start:stop]], self.item_emb_t, out=buffer[:m])
+                selection.masked_topk(
+                    scores[:m],
+                    users[start:stop],
+                    self._indptr_np,
+                    self._indices_np,
+                    k,
+                    exclude_seen=exclude_seen,
+                    fanout=fanout,
+                    levels=levels,
+                    threads=threads,
+                    out=(values[start:stop], items[start:stop]),
+                )
+        return torch.from_numpy(values), torch.from_numpy(items)
+
+    def warm_up(self, k: int = 10) -> None:
+        """Run the serving path once for one user and for a small batch (compiles or loads the
+        kernel, allocates), so that the first real request is not slower than the rest."""
+        if self.n_users:
+            self.topk_internal(torch.zeros(1, dtype=torch.int64), k)
+            self.topk_internal(torch.arange(min(self.n_users, 4)), k)
 
     def recommend(
         self,

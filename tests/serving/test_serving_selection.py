@@ -1,0 +1,123 @@
+"""The compiled masked top-k kernel against a slow, obviously-correct reference (a full sort)."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from recpress.serving import selection
+
+
+def reference(scores: np.ndarray, seen: list[np.ndarray], k: int) -> np.ndarray:
+    """Values of the top-k after masking: one full descending sort per row."""
+    masked = scores.astype(np.float32).copy()
+    for r, cols in enumerate(seen):
+        masked[r, cols] = -np.inf
+    return -np.sort(-masked, axis=1)[:, :k], masked
+
+
+def random_case(rng: np.random.Generator, rows: int, n: int, ties: bool):
+    scores = (
+        rng.integers(0, 12, (rows, n)).astype(np.float32)  # many ties
+        if ties
+        else rng.standard_normal((rows, n)).astype(np.float32)
+    )
+    seen = [np.sort(rng.choice(n, int(rng.integers(0, n)), replace=False)) for _ in range(rows)]
+    indptr = np.zeros(rows + 1, dtype=np.int64)
+    indptr[1:] = np.cumsum([len(s) for s in seen])
+    indices = np.concatenate(seen).astype(np.int64) if rows else np.zeros(0, np.int64)
+    return scores, seen, indptr, indices
+
+
+def check(scores, seen, indptr, indices, k, **kwargs):
+    want, masked = reference(scores, seen, k)
+    values, cols = selection.masked_topk(
+        scores.copy(), np.arange(len(scores)), indptr, indices, k, **kwargs
+    )
+    assert np.array_equal(values, want)
+    finite = np.isfinite(values)
+    assert np.array_equal(np.take_along_axis(masked, cols, 1)[finite], values[finite])
+    for r in range(len(scores)):  # no item twice, never a seen item
+        picked = cols[r][finite[r]]
+        assert len(set(picked.tolist())) == len(picked)
+        assert not set(picked.tolist()) & set(seen[r].tolist())
+    assert ((cols >= 0) & (cols < scores.shape[1])).all()  # padding points at a real column
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_random_rows_every_fanout_and_depth(ties: bool):
+    rng = np.random.default_rng(7 if ties else 3)
+    for _ in range(120):
+        rows = int(rng.integers(1, 6))
+        n = int(rng.integers(1, 400))
+        k = int(rng.integers(1, n + 1))
+        fanout = int(rng.integers(2, 9))
+        scores, seen, indptr, indices = random_case(rng, rows, n, ties)
+        deepest = 0
+        sizes = selection.level_sizes(n, fanout, 6)
+        while deepest < 6 and sizes[deepest + 1] >= k and sizes[deepest + 1] < sizes[deepest]:
+            deepest += 1
+        for levels in range(deepest + 1):
+            check(scores, seen, indptr, indices, k, fanout=fanout, levels=levels)
+        check(scores, seen, indptr, indices, k, fanout=fanout)  # the chosen depth
+
+
+def test_without_masking_nan_and_all_masked_rows():
+    rng = np.random.default_rng(0)
+    scores = rng.standard_normal((3, 50)).astype(np.float32)
+    scores[1, ::7] = np.nan  # never selected
+    values, cols = selection.masked_topk(
+        scores.copy(), np.arange(3), np.zeros(4, np.int64), np.zeros(0, np.int64), 10,
+        exclude_seen=False,
+    )  # fmt: skip
+    clean = np.where(np.isnan(scores), -np.inf, scores)
+    assert np.array_equal(values, -np.sort(-clean, axis=1)[:, :10])
+    # a row whose items are all seen: all -inf, columns still in range
+    indptr = np.array([0, 50], dtype=np.int64)
+    v, c = selection.masked_topk(
+        scores[:1].copy(), np.zeros(1, np.int64), indptr, np.arange(50, dtype=np.int64), 5
+    )
+    assert np.isneginf(v).all() and ((c >= 0) & (c < 50)).all()
+
+
+def test_rows_point_into_the_csr_by_user():
+    rng = np.random.default_rng(1)
+    scores, seen, indptr, indices = random_case(rng, 6, 120, ties=False)
+    users = np.array([4, 0, 4])  # rows of users 4, 0, 4 (a user twice)
+    values, _ = selection.masked_topk(scores[users].copy(), users, indptr, indices, 9)
+    want, _ = reference(scores[users], [seen[u] for u in users], 9)
+    assert np.array_equal(values, want)
+
+
+def test_concurrent_calls_from_threads_agree():
+    rng = np.random.default_rng(2)
+    scores, seen, indptr, indices = random_case(rng, 40, 3000, ties=False)
+    want, _ = reference(scores, seen, 20)
+
+    def run(rows: int):
+        users = np.arange(rows)
+        return selection.masked_topk(scores[:rows].copy(), users, indptr, indices, 20)[0]
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(run, [1, 40, 1, 40, 7, 40, 1, 40]))
+    for got in results:
+        assert np.array_equal(got, want[: len(got)])
+
+
+def test_choose_levels_and_bad_input():
+    assert selection.choose_levels(25975, 50, 8) >= 2  # the serving benchmark's catalogue
+    assert selection.choose_levels(100, 100, 8) == 0  # k = whole row
+    assert selection.choose_levels(1000, 10, 0) == 0
+    assert selection.level_sizes(100, 8, 2) == [100, 13, 2]
+    s = np.zeros((2, 10), np.float32)
+    csr = (np.zeros(3, np.int64), np.zeros(0, np.int64))
+    with pytest.raises(ValueError, match="k must be in"):
+        selection.masked_topk(s, np.arange(2), *csr, 11)
+    with pytest.raises(ValueError, match="float32"):
+        selection.masked_topk(s.astype(np.float64), np.arange(2), *csr, 3)
+    with pytest.raises(ValueError, match="users must have shape"):
+        selection.masked_topk(s, np.arange(3), *csr, 3)
+    with pytest.raises(ValueError, match="fewer than k"):
+        selection.masked_topk(s, np.arange(2), *csr, 3, fanout=4, levels=2)

@@ -121,3 +121,14 @@ def test_choose_levels_and_bad_input():
         selection.masked_topk(s, np.arange(3), *csr, 3)
     with pytest.raises(ValueError, match="fewer than k"):
         selection.masked_topk(s, np.arange(2), *csr, 3, fanout=4, levels=2)
+
+
+def test_padding_columns_beyond_n_items_are_ignored():
+    rng = np.random.default_rng(4)
+    scores, seen, indptr, indices = random_case(rng, 5, 90, ties=False)
+    padded = np.full((5, 96), 1e9, dtype=np.float32)  # padding would win if it were read
+    padded[:, :90] = scores
+    values, cols = selection.masked_topk(padded, np.arange(5), indptr, indices, 12, n_items=90)
+    assert np.array_equal(values, reference(scores, seen, 12)[0]) and (cols < 90).all()
+    with pytest.raises(ValueError, match="n_items must be in"):
+        selection.masked_topk(padded, np.arange(5), indptr, indices, 12, n_items=97)

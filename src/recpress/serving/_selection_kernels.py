@@ -108,7 +108,7 @@ def masked_topk_parallel(
 ):  # pragma: no cover - compiled
     for r in prange(scores.shape[0]):
         _select_row(
-            scores[r], users[r], mask, indptr, indices, k, fanout, sizes, offs,
+            scores[r, : sizes[0]], users[r], mask, indptr, indices, k, fanout, sizes, offs,
             out_v[r], out_i[r],
         )  # fmt: skip
 
@@ -119,6 +119,6 @@ def masked_topk_serial(
 ):  # pragma: no cover - compiled
     for r in range(scores.shape[0]):
         _select_row(
-            scores[r], users[r], mask, indptr, indices, k, fanout, sizes, offs,
+            scores[r, : sizes[0]], users[r], mask, indptr, indices, k, fanout, sizes, offs,
             out_v[r], out_i[r],
         )  # fmt: skip

@@ -219,8 +219,9 @@ class TopKRecommender:
         if self.selector == "torch":
             # (d, width): zero columns pad the catalogue to a multiple of fanout**levels items
             self.levels, width = _hierarchy_shape(n_items, self.fanout)
-        else:
-            self.levels, width = 0, n_items  # the kernel handles ragged groups itself
+        else:  # the kernel handles ragged groups itself; rows of a multiple of 16 floats (64
+            # bytes) keep the matrix product fast (an odd row length cost the teacher ~30%)
+            self.levels, width = 0, -(-n_items // 16) * 16
         item_t = torch.zeros(artifact.dim, width, dtype=torch.float32)
         item_t[:, :n_items] = artifact.item_emb.T
         self.item_emb_t = item_t.to(self.device).contiguous()
@@ -320,7 +321,7 @@ class TopKRecommender:
         if n == 0:
             return torch.from_numpy(values), torch.from_numpy(items)
         rows = min(self.chunk_users, n)
-        buffer = torch.empty((rows, self.n_items))
+        buffer = torch.empty((rows, self.item_emb_t.shape[1]))
         scores = buffer.numpy()
         users = idx.numpy()
         fanout = max(self.fanout, 2)
@@ -337,6 +338,7 @@ class TopKRecommender:
                     self._indptr_np,
                     self._indices_np,
                     k,
+                    n_items=self.n_items,
                     exclude_seen=exclude_seen,
                     fanout=fanout,
                     levels=levels,

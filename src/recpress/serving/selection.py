@@ -97,6 +97,7 @@ def masked_topk(
     indices: np.ndarray,
     k: int,
     *,
+    n_items: int | None = None,
     exclude_seen: bool = True,
     fanout: int = DEFAULT_FANOUT,
     levels: int | None = None,
@@ -108,7 +109,9 @@ def masked_topk(
     Args:
         scores: (b, n) C-contiguous float32, overwritten at the seen columns (set to -inf).
         users: (b,) int64 row of each score row in the CSR (`indptr` (n_users + 1,), `indices`).
-        k: 1 <= k <= n.
+        k: 1 <= k <= n_items.
+        n_items: only the first n_items columns are items (default n); the rest is padding
+            (a row length that is a multiple of 16 floats keeps the matrix product fast).
         exclude_seen: False selects over the whole row (the CSR is not read).
         fanout, levels: the levels of maxima (`levels=None`: `choose_levels`).
         threads: numba threads for a multi-row batch (None: numba's current setting).
@@ -121,6 +124,10 @@ def masked_topk(
     if scores.ndim != 2 or scores.dtype != np.float32 or not scores.flags.c_contiguous:
         raise ValueError("scores must be a C-contiguous float32 array of shape (b, n)")
     b, n = scores.shape
+    if n_items is not None:
+        if not 1 <= n_items <= n:
+            raise ValueError(f"n_items must be in [1, {n}], got {n_items}")
+        n = int(n_items)
     if not 1 <= k <= n:
         raise ValueError(f"k must be in [1, {n}], got {k}")
     if users.shape != (b,):

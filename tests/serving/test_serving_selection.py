@@ -67,13 +67,14 @@ def test_random_rows_every_fanout_and_depth(ties: bool):
 def test_without_masking_nan_and_all_masked_rows():
     rng = np.random.default_rng(0)
     scores = rng.standard_normal((3, 50)).astype(np.float32)
-    scores[1, ::7] = np.nan  # never selected
-    values, cols = selection.masked_topk(
-        scores.copy(), np.arange(3), np.zeros(4, np.int64), np.zeros(0, np.int64), 10,
-        exclude_seen=False,
-    )  # fmt: skip
+    scores[1, ::7] = np.nan  # never selected, and never hides its group (column 0 leads one)
     clean = np.where(np.isnan(scores), -np.inf, scores)
-    assert np.array_equal(values, -np.sort(-clean, axis=1)[:, :10])
+    for levels in (0, 1):
+        values, cols = selection.masked_topk(
+            scores.copy(), np.arange(3), np.zeros(4, np.int64), np.zeros(0, np.int64), 10,
+            exclude_seen=False, fanout=4, levels=levels,
+        )  # fmt: skip
+        assert np.array_equal(values, -np.sort(-clean, axis=1)[:, :10])
     # a row whose items are all seen: all -inf, columns still in range
     indptr = np.array([0, 50], dtype=np.int64)
     v, c = selection.masked_topk(

@@ -10,28 +10,10 @@ from numba import njit, prange
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 
-@njit(inline="always", cache=True)
-def _replace_root(hv, hi, size, value, index):  # pragma: no cover - compiled
-    """Replace the root of the min-heap (hv, hi)[:size] by (value, index), sift down."""
-    pos = 0
-    while True:
-        child = 2 * pos + 1
-        if child >= size:
-            break
-        if child + 1 < size and hv[child + 1] < hv[child]:
-            child += 1
-        if hv[child] >= value:
-            break
-        hv[pos] = hv[child]
-        hi[pos] = hi[child]
-        pos = child
-    hv[pos] = value
-    hi[pos] = index
-
-
 @njit(inline="always", fastmath=FASTMATH, cache=True)
 def _maxima(src, dst, fanout):  # pragma: no cover - compiled
-    """dst[g] = max_j src[g + j·len(dst)] over the j with g + j·len(dst) < len(src)."""
+    """dst[g] = max_j src[g + j·len(dst)] over the j with g + j·len(dst) < len(src); NaN loses
+    to any number (a NaN first member must not hide its group)."""
     n_dst = dst.shape[0]
     n_src = src.shape[0]
     first = src[:n_dst]
@@ -45,61 +27,134 @@ def _maxima(src, dst, fanout):  # pragma: no cover - compiled
         for g in range(lim):
             x = part[g]
             y = head[g]
-            head[g] = x if x > y else y
+            head[g] = x if (x > y or y != y) else y
+
+
+@njit(inline="always", fastmath=FASTMATH, cache=True)
+def _kth_largest(values, m, k, work):  # pragma: no cover - compiled
+    """The k-th largest of values[:m] (1 <= k <= m, no NaN): quickselect on a copy in work."""
+    for i in range(m):
+        work[i] = values[i]
+    lo = 0
+    hi = m - 1
+    target = k - 1  # position in descending order
+    while lo < hi:
+        a = work[lo]
+        b = work[(lo + hi) >> 1]
+        c = work[hi]
+        pivot = max(min(a, b), min(max(a, b), c))  # median of three
+        i = lo
+        j = hi
+        while i <= j:  # Hoare partition, descending: [lo, j] >= pivot >= [i, hi]
+            while work[i] > pivot:
+                i += 1
+            while work[j] < pivot:
+                j -= 1
+            if i <= j:
+                t = work[i]
+                work[i] = work[j]
+                work[j] = t
+                i += 1
+                j -= 1
+        if target <= j:
+            hi = j
+        elif target >= i:
+            lo = i
+        else:
+            return pivot
+    return work[target]
+
+
+@njit(inline="always", fastmath=FASTMATH, cache=True)
+def _keep_top(cv, ci, m, k, work):  # pragma: no cover - compiled
+    """Reduce the candidates (cv, ci)[:m] (m >= k) to the k largest, in place, keeping their
+    encounter order (ties at the k-th value: the first ones); returns the k-th largest value."""
+    if m == k:
+        low = cv[0]
+        for t in range(1, m):
+            low = min(low, cv[t])
+        return low
+    kth = _kth_largest(cv, m, k, work)
+    above = 0
+    for t in range(m):
+        above += cv[t] > kth
+    ties = k - above
+    out = 0
+    for t in range(m):
+        x = cv[t]
+        keep = x > kth
+        if not keep and x == kth and ties > 0:
+            keep = True
+            ties -= 1
+        if keep:
+            cv[out] = x
+            ci[out] = ci[t]
+            out += 1
+    return kth
 
 
 @njit(inline="always", fastmath=FASTMATH, cache=True)
 def _select_row(
     row, user, mask, indptr, indices, k, fanout, sizes, offs, out_v, out_i
 ):  # pragma: no cover - compiled
-    """Top-k of one score row (n,) into out_v/out_i (k,), the user's seen items set to -inf
-    first when `mask`; `sizes`/`offs`: the level sizes and their offsets in one scratch array."""
+    """Top-k of one score row (n,) into out_v/out_i (k,), descending, the user's seen items set
+    to -inf first when `mask`; `sizes`/`offs`: the level sizes and their offsets in one scratch
+    array. NaN scores count as -inf."""
     levels = sizes.shape[0] - 1
     if mask:
         for p in range(indptr[user], indptr[user + 1]):
             row[indices[p]] = -np.inf
     scratch = np.empty(max(offs[levels + 1], 1), np.float32)
-    hv = np.full(k, -np.inf, np.float32)
-    hi = np.full(k, -1, np.int64)
-    chosen = np.empty(k, np.int64)
     below = row
     for lv in range(1, levels + 1):
         level = scratch[offs[lv] : offs[lv + 1]]
         _maxima(below, level, fanout)
         below = level
-    threshold = hv[0]
-    for g in range(below.shape[0]):
+    cap = max(sizes[levels], k * fanout)
+    cv = np.empty(cap, np.float32)
+    ci = np.empty(cap, np.int64)
+    work = np.empty(cap, np.float32)
+    chosen = np.empty(k, np.int64)
+    # the top level: every group is a candidate
+    m = sizes[levels]
+    for g in range(m):
         x = below[g]
-        if x > threshold:
-            _replace_root(hv, hi, k, x, g)
-            threshold = hv[0]
+        cv[g] = x if x == x else -np.inf
+        ci[g] = g
+    bound = _keep_top(cv, ci, m, k, work)
     for lv in range(levels, 0, -1):
+        # lemma: the top-k of a level lie in the k groups with the largest maxima above it, and
+        # those k maxima are k elements below, so the k-th largest below is >= their minimum
         below = row if lv == 1 else scratch[offs[lv - 1] : offs[lv]]
         step = sizes[lv]
         n_below = sizes[lv - 1]
-        chosen[:] = hi
-        bound = threshold  # k chosen maxima are k elements below: k-th largest below >= it
-        hv[:] = -np.inf
-        hi[:] = -1
-        threshold = hv[0]
+        chosen[:] = ci[:k]
+        m = 0
         for t in range(k):
             g = chosen[t]
-            if g < 0:
-                continue
             for j in range(fanout):
-                m = g + j * step
-                if m < n_below:
-                    x = below[m]
-                    if x >= bound and x > threshold:
-                        _replace_root(hv, hi, k, x, m)
-                        threshold = hv[0]
-    size = k
-    while size > 0:  # pop minima into the last free slot: descending output
-        size -= 1
-        out_v[size] = hv[0]
-        out_i[size] = hi[0] if hi[0] >= 0 else 0
-        if size > 0:
-            _replace_root(hv, hi, size, hv[size], hi[size])
+                pos = g + j * step
+                if pos < n_below:
+                    x = below[pos]
+                    if x >= bound:
+                        cv[m] = x
+                        ci[m] = pos
+                        m += 1
+        bound = _keep_top(cv, ci, m, k, work)
+    # insertion sort of the k survivors, descending (stable)
+    for t in range(1, k):
+        x = cv[t]
+        i = ci[t]
+        s = t - 1
+        while s >= 0 and cv[s] < x:
+            cv[s + 1] = cv[s]
+            ci[s + 1] = ci[s]
+            s -= 1
+        cv[s + 1] = x
+        ci[s + 1] = i
+    for t in range(k):
+        out_v[t] = cv[t]
+        out_i[t] = ci[t]
 
 
 @njit(parallel=True, nogil=True, cache=True)

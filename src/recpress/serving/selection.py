@@ -14,16 +14,18 @@ serving benchmark). Per row:
 2. ``levels`` levels of maxima are built: level i holds the maxima of ``fanout`` strided groups of
    level i−1 (group g of a level of size s holds the elements g, g + s, g + 2s, ... below it);
    these are contiguous vectorised passes;
-3. a min-heap of size k selects the top-k of the top level; going down, only the members of the
-   k chosen groups are candidates (lemma: the top-k elements of a level lie in the k groups with
+3. the top level's k largest are found by quickselect; going down, only the members of the k
+   chosen groups are candidates (lemma: the top-k elements of a level lie in the k groups with
    the largest maxima above it; if an element x of the top-k sat in another group, the k chosen
    groups would hold k distinct maxima ≥ x), and the smallest chosen maximum is a lower bound for
-   the k-th value below, so candidates under it are skipped without touching the heap;
-4. the heap is emptied into the output in descending order.
+   the k-th value below, so only candidates at or above it are collected (on real rows about k
+   of the k·fanout), then cut to k by quickselect where more than k remain;
+4. the k survivors are insertion-sorted into the output, descending.
 
-Rows with fewer than k unseen items are padded with value -inf and column 0. NaN scores are never
-selected. numba is a dependency, imported on the first call; where it is missing, `available()`
-is False and `TopKRecommender` uses its torch path.
+Ties at the k-th value keep the first candidates met. Rows with fewer than k unseen items are
+padded with value -inf (at seen columns). NaN scores count as -inf. numba is a dependency,
+imported on the first call; where it is missing, `available()` is False and `TopKRecommender`
+uses its torch path.
 """
 
 from __future__ import annotations

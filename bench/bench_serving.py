@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHUNK_ELEMENTS = (2**18, 2**19, 2**20, 2**22)
 #: per top-k selector, the fan-outs of the levels of maxima tried (0: one pass over the row),
 #: best kept per model: the torch path and the compiled kernel (recpress.serving.selection)
-FANOUTS = {"torch": (0, 4, 16, 64), "numba": (4, 8, 16)}
+FANOUTS = {"torch": (0, 4, 16, 64), "numba": (8, 16)}
 
 
 def ensure_run(out: Path, dim: int, epochs: int, dataset: str) -> Path:
@@ -198,7 +198,7 @@ def main() -> None:
     ap.add_argument("--teacher-epochs", type=int, default=100)
     ap.add_argument("--student-epochs", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2, help="torch threads for the timings")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--requests", type=int, default=500, help="single-user requests timed")
     ap.add_argument("--load-seconds", type=float, default=30.0)
     ap.add_argument("--concurrency", type=int, default=8)

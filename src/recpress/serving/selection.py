@@ -40,7 +40,7 @@ import numpy as np
 #: batches with fewer rows than this are selected on the calling thread only
 PARALLEL_MIN_ROWS = 2
 #: default fan-out of the levels of maxima
-DEFAULT_FANOUT = 8
+DEFAULT_FANOUT = 16
 
 # the parallel kernel is launched by one thread at a time (some numba threading layers abort on
 # concurrent launches; a 2-core machine gains nothing from two parallel batches at once)

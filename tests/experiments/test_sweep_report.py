@@ -251,6 +251,11 @@ def test_claims_logic():
             table[(d, m)] = {s: _cell(v, 0.002)}
     c1, c2 = check_claims(cfg, table, "htd", s)
     assert c1["verdict"] == "holds" and c2["verdict"] == "holds"
+    table[(10, "htd")][s]["values"] = [0.228, 0.230, 0.232]  # per-seed values are shown
+    assert (
+        "HTD 0.2300 (0.2280 / 0.2300 / 0.2320)"
+        in check_claims(cfg, table, "htd", s)[0]["evidence"][0]
+    )
     table[(20, "htd")] = {s: _cell(0.2505, 0.002)}  # HTD − FTD within noise at d=20
     c1, c2 = check_claims(cfg, table, "htd", s)
     assert c1["verdict"] == "does not hold" and "margin not met" in " ".join(c1["evidence"])

@@ -423,6 +423,12 @@ def _pooled_std(a: dict, b: dict) -> float:
     return math.sqrt((a["std"] ** 2 + b["std"] ** 2) / 2)
 
 
+def _per_seed(cell: dict) -> str:
+    """ " (a / b / c)": the per-seed values behind a mean (methods.md §6 asks for them)."""
+    values = cell.get("values") or []
+    return " (" + " / ".join(f"{v:.4f}" for v in values) + ")" if len(values) > 1 else ""
+
+
 def _fmt_spread(pooled: float) -> str:
     return "n/a (needs 2+ seeds of each)" if math.isnan(pooled) else f"{2 * pooled:.4f}"
 
@@ -454,8 +460,9 @@ def check_claims(cfg: SweepConfig, table: dict, htd_method: str, sel: str) -> li
         if math.isnan(pooled):  # the margin needs a spread: two seeds of each at least
             decided = False
         lines.append(
-            f"d={d} (φ={d / t_dim:.2f}): HTD {h['mean']:.4f} vs FTD {f['mean']:.4f} vs student "
-            f"{s['mean']:.4f}; HTD−FTD = {gap:+.4f}, 2×pooled std = {_fmt_spread(pooled)}"
+            f"d={d} (φ={d / t_dim:.2f}): HTD {h['mean']:.4f}{_per_seed(h)} vs FTD "
+            f"{f['mean']:.4f}{_per_seed(f)} vs student {s['mean']:.4f}{_per_seed(s)}; "
+            f"HTD−FTD = {gap:+.4f}, 2×pooled std = {_fmt_spread(pooled)}"
             f" → order {'kept' if order else 'broken'}, margin "
             + ("undecided" if math.isnan(pooled) else "met" if margin else "not met")
         )
@@ -499,7 +506,8 @@ def check_claims(cfg: SweepConfig, table: dict, htd_method: str, sel: str) -> li
             noise = not math.isnan(pooled) and abs(delta) <= 2 * pooled
             ok &= ftd_ok and noise
             lines.append(
-                f"d={d}: FTD {f['mean']:.4f} {'≥' if ftd_ok else '<'} student "
+                f"d={d}: HTD {cell(d, htd_method)['mean']:.4f}{_per_seed(cell(d, htd_method))}, "
+                f"FTD {f['mean']:.4f}{_per_seed(f)} {'≥' if ftd_ok else '<'} student "
                 f"{s['mean'] if s else float('nan'):.4f}; |Δ| = {abs(delta):.4f} "
                 f"{'≤' if noise else '>'} 2×pooled std {_fmt_spread(pooled)}"
             )

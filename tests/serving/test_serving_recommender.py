@@ -154,3 +154,12 @@ def test_hierarchical_topk_matches_a_full_sort(fanout: int, levels: int, k: int)
     for forced in range(1, levels + 1):  # every valid depth, not only the cheapest
         assert torch.equal(_hierarchical_topk(scores.clone(), k, fanout, forced)[0], values)
     assert _levels_for(width, fanout, levels, width) == 0  # k = whole row: plain top-k
+
+
+@pytest.mark.parametrize("selector", ["numba", "torch"])
+def test_empty_requests(small_artifact: Path, selector: str):
+    rec = TopKRecommender.load(small_artifact, selector=selector)
+    values, items = rec.topk_internal(torch.arange(0), 5)
+    assert values.shape == (0, 5) and items.shape == (0, 5)
+    values, items = rec.topk_internal(torch.arange(3), 0)
+    assert values.shape == (3, 0) and items.shape == (3, 0)

@@ -187,7 +187,7 @@ class TopKRecommender:
             (default 2**19 floats = 2 MiB: the chunk stays in cache between matmul and top-k).
         device: where the matrix product runs (the "numba" selector needs "cpu").
         fanout: items per group at each level of maxima of the exact top-k (0 disables the
-            levels: one selection pass over the whole catalogue). None: 8 for "numba", 4 for
+            levels: one selection pass over the whole catalogue). None: 16 for "numba", 4 for
             "torch" (see `recpress.serving.selection` and `_hierarchical_topk`).
         selector: one of `SELECTORS`; the attribute ``selector`` holds the one in use.
     """
@@ -318,7 +318,7 @@ class TopKRecommender:
         n = len(idx)
         values = np.empty((n, k), dtype=np.float32)
         items = np.empty((n, k), dtype=np.int64)
-        if n == 0:
+        if n == 0 or k == 0:
             return torch.from_numpy(values), torch.from_numpy(items)
         rows = min(self.chunk_users, n)
         buffer = torch.empty((rows, self.item_emb_t.shape[1]))

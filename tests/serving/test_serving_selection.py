@@ -120,6 +120,10 @@ def test_choose_levels_and_bad_input():
         selection.masked_topk(s.astype(np.float64), np.arange(2), *csr, 3)
     with pytest.raises(ValueError, match="users must have shape"):
         selection.masked_topk(s, np.arange(3), *csr, 3)
+    with pytest.raises(ValueError, match="users must index the CSR"):
+        selection.masked_topk(s, np.array([0, 2]), *csr, 3)  # the CSR has 2 rows
+    with pytest.raises(ValueError, match="out must be"):
+        selection.masked_topk(s, np.arange(2), *csr, 3, out=(np.empty((2, 4)), np.empty((2, 4))))
     with pytest.raises(ValueError, match="fewer than k"):
         selection.masked_topk(s, np.arange(2), *csr, 3, fanout=4, levels=2)
 

@@ -66,8 +66,9 @@ def level_sizes(n_items: int, fanout: int, levels: int) -> list[int]:
 
 
 def choose_levels(n_items: int, k: int, fanout: int = DEFAULT_FANOUT, max_levels: int = 8) -> int:
-    """Levels that minimise the scalar (heap) work s_L + L·k·fanout with top level s_L >= k;
-    0 (one heap pass over the row) when no level beats it or fanout < 2."""
+    """Levels that minimise the scalar work s_L + L·k·fanout (a quickselect over the top level,
+    then k·fanout candidates per level down) with top level s_L >= k; 0 (one quickselect over
+    the row) when no level beats it or fanout < 2."""
     if fanout < 2:
         return 0
     best, best_cost = 0, n_items
@@ -134,6 +135,10 @@ def masked_topk(
         raise ValueError(f"k must be in [1, {n}], got {k}")
     if users.shape != (b,):
         raise ValueError(f"users must have shape ({b},), got {users.shape}")
+    if exclude_seen and b and (users.min() < 0 or users.max() >= len(indptr) - 1):
+        raise ValueError(f"users must index the CSR's {len(indptr) - 1} rows")
+    if out is not None and (out[0].shape != (b, k) or out[1].shape != (b, k)):
+        raise ValueError(f"out must be two arrays of shape ({b}, {k})")
     fanout = max(int(fanout), 2)
     levels = choose_levels(n, k, fanout) if levels is None else int(levels)
     sizes = np.asarray(level_sizes(n, fanout, levels), dtype=np.int64)

@@ -137,11 +137,12 @@ def test_hierarchical_topk_in_the_recommender_is_exact(small_artifact: Path, fan
 def test_hierarchical_topk_matches_a_full_sort(fanout: int, levels: int, k: int):
     """Against a stable full sort, on rows with many ties and -inf (masked) entries: the same
     values always, the same ids wherever the value is not tied."""
-    from recpress.serving.recommender import _hierarchical_topk, _levels_for
+    from recpress.serving.recommender import _hierarchical_topk
+    from recpress.serving.selection import choose_levels
 
     gen = torch.Generator().manual_seed(fanout)
     width = fanout**levels * k  # the top level can hold exactly k groups
-    used = _levels_for(width, fanout, levels, k)
+    used = choose_levels(width, k, fanout, levels)
     assert 1 <= used <= levels
     scores = torch.randint(0, 40, (64, width), generator=gen).float()  # many ties
     scores[torch.rand(64, width, generator=gen) < 0.3] = float("-inf")
@@ -153,7 +154,7 @@ def test_hierarchical_topk_matches_a_full_sort(fanout: int, levels: int, k: int)
     assert all(len(set(row)) == k for row in ids.tolist())  # no item twice
     for forced in range(1, levels + 1):  # every valid depth, not only the cheapest
         assert torch.equal(_hierarchical_topk(scores.clone(), k, fanout, forced)[0], values)
-    assert _levels_for(width, fanout, levels, width) == 0  # k = whole row: plain top-k
+    assert choose_levels(width, width, fanout, levels) == 0  # k = whole row: plain top-k
 
 
 @pytest.mark.parametrize("selector", ["numba", "torch"])

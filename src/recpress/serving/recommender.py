@@ -109,7 +109,7 @@ def _resolve_selector(selector: str, device: torch.device) -> str:
     if not selection.available():
         if selector == "numba":
             raise ConfigError(
-                f"selector 'numba' needs numba ({selection.unavailable_reason()}); "
+                "selector 'numba' needs numba, which is not installed; "
                 "install it (pip install numba) or use selector='torch'",
                 field="selector",
             )
@@ -129,20 +129,6 @@ def _hierarchy_shape(n_items: int, fanout: int) -> tuple[int, int]:
             levels += 1
     unit = fanout**levels if fanout >= 2 else 1
     return levels, -(-n_items // unit) * unit
-
-
-def _levels_for(width: int, fanout: int, max_levels: int, k: int) -> int:
-    """Levels to use for a top-`k`: the fewest compared elements, W_h + h·k·fanout with the top
-    level W_h = width / fanout**h >= k; 0 (plain top-k) when no level beats the whole row."""
-    best, best_cost = 0, width
-    for h in range(1, max_levels + 1):
-        top = width // fanout**h
-        if top < k:
-            break
-        cost = top + h * k * fanout
-        if cost < best_cost:
-            best, best_cost = h, cost
-    return best
 
 
 def _hierarchical_topk(
@@ -298,7 +284,8 @@ class TopKRecommender:
                     scores[:, self.n_items :] = float("-inf")
                 if exclude_seen:
                     self._mask_seen(scores, part)
-                levels = _levels_for(scores.shape[1], self.fanout, self.levels, k)
+                # the kernel's cost model (W_h + h·k·fanout); width divides fanout**self.levels
+                levels = selection.choose_levels(scores.shape[1], k, self.fanout, self.levels)
                 if levels:
                     v, t = _hierarchical_topk(scores, k, self.fanout, levels)
                     t.clamp_(max=self.n_items - 1)  # padding (-inf) only when k > unseen items

@@ -52,11 +52,6 @@ def available() -> bool:
     return importlib.util.find_spec("numba") is not None
 
 
-def unavailable_reason() -> str | None:
-    """Why `available()` is False, else None."""
-    return None if available() else "numba is not installed"
-
-
 def level_sizes(n_items: int, fanout: int, levels: int) -> list[int]:
     """Sizes of level 0 (the row) .. `levels`: s_i = ceil(s_{i-1} / fanout)."""
     sizes = [int(n_items)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -10,7 +11,13 @@ import pytest
 import yaml
 
 from recpress.errors import ConfigError
-from recpress.experiments.report import check_claims, read_run, write_report
+from recpress.experiments.report import (
+    _reference_summary,
+    check_claims,
+    log_z,
+    read_run,
+    write_report,
+)
 from recpress.experiments.sweep import (
     SweepConfig,
     load_sweep_config,
@@ -145,14 +152,42 @@ def test_report_incomplete_lists_missing(finished_sweep, tmp_path):
 
 def test_different_config_refused_unless_restart(finished_sweep, tmp_path):
     cfg, sweep_dir = finished_sweep
-    other = SweepConfig.model_validate(tiny_config(seeds=[0, 1]))
+    data = tiny_config()
+    data["students"]["weights"] = {"ftd": 0.5}  # changes a finished run's config
+    other = SweepConfig.model_validate(data)
     with pytest.raises(ConfigError, match="different config.*--restart"):
         prepare_sweep_dir(other, sweep_dir)
+    data = tiny_config()
+    data["teacher"]["model"]["embedding_dim"] = 16  # another teacher: every run changes
+    with pytest.raises(ConfigError, match="different config"):
+        prepare_sweep_dir(SweepConfig.model_validate(data), sweep_dir)
     copy = tmp_path / "restart"
     shutil.copytree(sweep_dir, copy)
     prepare_sweep_dir(other, copy, restart=True)
     assert not (copy / "runs").exists() and not (copy / "teacher").exists()
+    assert "ftd: 0.5" in (copy / "sweep.yaml").read_text()
+
+
+def test_grid_change_keeps_finished_runs(finished_sweep, tmp_path):
+    """More seeds, fewer methods: the same experiment, so finished runs stay and count."""
+    _, sweep_dir = finished_sweep
+    copy = tmp_path / "grown"
+    shutil.copytree(sweep_dir, copy)
+    before = (copy / "runs/4/none/seed0/metrics.json").read_text()
+    grown = SweepConfig.model_validate(
+        tiny_config(seeds=[0, 1], methods=["none", "ftd", "htd", "htd+rrd", "rrd"])
+    )
+    summary = run_sweep(grown, copy, progress=False, only=["d=4 none seed 1"])
+    assert summary["grid_change"] == {"added": 6, "dropped": 0}
+    assert summary["trained"] == ["d=4 none seed 1"] and "teacher" in summary["skipped"]
+    assert (copy / "runs/4/none/seed0/metrics.json").read_text() == before
     assert "- 1" in (copy / "sweep.yaml").read_text()
+    shrunk = SweepConfig.model_validate(tiny_config(methods=["none", "ftd"]))
+    summary = run_sweep(shrunk, copy, progress=False)
+    assert summary["grid_change"] == {"added": 0, "dropped": 8} and not summary["trained"]
+    assert (copy / "runs/4/htd/seed0/metrics.json").is_file()  # kept on disk
+    md = write_report(copy, paired=False, latency=False)["md"].read_text()
+    assert "| none | 1 |" in md and "| htd |" not in md and "None: the sweep is complete." in md
 
 
 @pytest.mark.parametrize(
@@ -267,3 +302,20 @@ def test_claims_logic():
     table[(20, "htd")] = {s: {**_cell(0.275, 0.0), "n": 1}}
     c1 = check_claims(cfg, table, "htd", s)[0]
     assert c1["verdict"] == "undecided" and "needs 2+ seeds" in " ".join(c1["evidence"])
+
+
+def test_log_z_and_reference_summary():
+    # 3 seeds at mean .30, std .004: σ·√(1 + 1/3) = .004·1.1547 = .0046188
+    assert log_z(0.30, 0.004, 3, 0.3046188) == pytest.approx(1.0, abs=1e-4)
+    assert log_z(0.30, 0.004, 3, 0.30) == 0.0
+    assert math.isnan(log_z(0.30, 0.0, 1, 0.31))  # one seed: no spread, no z
+    cells = [
+        {"dim": 10, "method": "none", "reached": True, "z": -1.2},
+        {"dim": 20, "method": "ftd", "reached": False, "z": 0.8},
+    ]
+    text = _reference_summary(cells)[0]
+    assert text.startswith("1 of 2 logged cells reached") and "z = +0.80" in text
+    assert "all within seed noise" in text
+    cells.append({"dim": 200, "method": "htd", "reached": False, "z": 2.5})
+    text = _reference_summary(cells)[0]
+    assert "beyond seed noise (z > 2) for d=200 htd." in text

@@ -40,13 +40,21 @@ def sweep(
     """Train a teacher once, then students over dims × methods × seeds, one run directory each.
 
     Resumable: rerun the same command after an interruption; finished runs are skipped and an
-    interrupted run continues from its last checkpoint.
+    interrupted run continues from its last checkpoint. Adding or dropping dims, methods or seeds
+    keeps the finished runs; any other change to the config needs another --out or --restart.
     """
     from recpress.experiments.sweep import load_sweep_config, run_sweep
 
     cfg = load_sweep_config(config, set_ or [])
     out = out or Path("runs") / cfg.name
     summary = run_sweep(cfg, out, restart=restart, progress=progress, only=only, jobs=jobs)
+    if summary.get("grid_change"):
+        change = summary["grid_change"]
+        console.print(
+            f"{out}: same experiment, grid changed ({change['added']} runs added, "
+            f"{change['dropped']} dropped from the report, their directories kept); "
+            "finished runs were kept"
+        )
     console.print(
         f"sweep {out}: trained {len(summary['trained'])}, skipped {len(summary['skipped'])} "
         f"finished, {summary['wall_seconds']:.0f}s"

@@ -267,30 +267,62 @@ def run_path(sweep_dir: Path, dim: int, method: str, seed: int) -> Path:
 
 
 def prepare_sweep_dir(cfg: SweepConfig, sweep_dir: str | Path, restart: bool = False) -> Path:
-    """Create the sweep directory or check it holds this config.
+    """Create the sweep directory or check it holds this config (see `_prepare_sweep_dir`)."""
+    return _prepare_sweep_dir(cfg, sweep_dir, restart)[0]
 
-    A directory holding a sweep of another config raises ConfigError unless ``restart`` (which
-    removes its teacher, runs and reports, then starts over).
+
+def _prepare_sweep_dir(
+    cfg: SweepConfig, sweep_dir: str | Path, restart: bool = False
+) -> tuple[Path, dict[str, int] | None]:
+    """Create the sweep directory or check it holds this config; also the grid change, if any.
+
+    A config that only changes the grid (dims, methods, seeds: more or fewer) or the report
+    section is the same experiment: every run both grids share has the same run config, so the
+    stored config is replaced and finished runs are kept (`grid_change`). Any other difference
+    (data, teacher, training, KD weights or params of a shared run) raises ConfigError unless
+    ``restart`` (which removes the teacher, runs and reports, then starts over).
     """
     sweep_dir = Path(sweep_dir)
     if sweep_dir.exists() and not sweep_dir.is_dir():
         raise ConfigError(f"{sweep_dir} exists and is not a directory; choose another --out")
     existing = sweep_dir / SWEEP_FILE
     text = cfg.to_yaml()
+    changed = None
     if existing.is_file() and not same_config(existing.read_text(), text, _normalise_sweep_yaml):
-        if not restart:
+        changed = None if restart else grid_change(existing.read_text(), cfg, sweep_dir)
+        if changed is None and not restart:
             raise ConfigError(
                 f"{sweep_dir} holds a sweep with a different config ({existing}); its results "
                 "would mix with this one. Use another --out, or --restart to delete its runs and "
-                "start over"
+                "start over (a config that only adds or drops dims, methods or seeds is accepted)"
             )
-        for name in (TEACHER_DIR, RUNS_DIR):
-            shutil.rmtree(sweep_dir / name, ignore_errors=True)
-        for name in ("report.md", "report.html", "report.json"):
-            (sweep_dir / name).unlink(missing_ok=True)
+        if restart:
+            for name in (TEACHER_DIR, RUNS_DIR):
+                shutil.rmtree(sweep_dir / name, ignore_errors=True)
+            for name in ("report.md", "report.html", "report.json"):
+                (sweep_dir / name).unlink(missing_ok=True)
     sweep_dir.mkdir(parents=True, exist_ok=True)
     write_text(existing, text)
-    return sweep_dir
+    return sweep_dir, changed
+
+
+def grid_change(stored_yaml: str, cfg: SweepConfig, sweep_dir: Path) -> dict[str, int] | None:
+    """How `cfg` changes the grid of the stored sweep config, or None if it is another experiment.
+
+    Compatible means every run in both plans (the teacher included) has the same run config, so
+    results cannot mix. Returns {"added": runs only in `cfg`, "dropped": runs only in the stored
+    grid (their directories are kept, but no longer reported)}. A stored config that the current
+    schema rejects is another experiment.
+    """
+    try:
+        stored = parse_config(SweepConfig, yaml.safe_load(stored_yaml) or {})
+    except (RecPressError, ValueError, TypeError):
+        return None
+    old = {(r.dim, r.method, r.seed): r.config.model_dump() for r in plan(stored, sweep_dir)}
+    new = {(r.dim, r.method, r.seed): r.config.model_dump() for r in plan(cfg, sweep_dir)}
+    if any(old[key] != new[key] for key in old.keys() & new.keys()):
+        return None
+    return {"added": len(new.keys() - old.keys()), "dropped": len(old.keys() - new.keys())}
 
 
 def _normalise_sweep_yaml(text: str) -> str:
@@ -324,18 +356,19 @@ def run_sweep(
             threads well, so on a 2-core CPU ``jobs=2`` finishes a grid sooner; each run is
             seeded by its own config, so results do not depend on the order (only on float
             summation order, through the thread count).
-    Returns a summary: runs trained, skipped, seconds per run and total wall time.
+    Returns a summary: runs trained, skipped, seconds per run, total wall time, and the grid
+    change when the directory held the same experiment with another grid (`grid_change`).
     """
     from recpress.experiments.run import load_split_for, train_run
 
     if int(jobs) < 1:
         raise ConfigError(f"jobs must be a positive integer, got {jobs}", field="jobs")
-    sweep_dir = prepare_sweep_dir(cfg, sweep_dir, restart=restart)
+    sweep_dir, changed = _prepare_sweep_dir(cfg, sweep_dir, restart=restart)
     runs = plan(cfg, sweep_dir)
     if only:
         runs = [r for r in runs if r.is_teacher or any(o in r.label for o in only)]
     split = load_split_for(runs[0].config)
-    summary: dict[str, Any] = {"trained": [], "skipped": [], "seconds": {}}
+    summary: dict[str, Any] = {"trained": [], "skipped": [], "seconds": {}, "grid_change": changed}
     started = time.perf_counter()
     bar = _SweepProgress(len(runs), enabled=progress)
 

@@ -99,6 +99,18 @@ def test_malformed_interaction_files(case, tmp_path, capsys):
     assert not out.exists()
 
 
+def test_error_text_is_not_read_as_markup(tmp_path, capsys):
+    """Brackets in a message (a path like data[v2]/, "recpress[serve]") are printed as given."""
+    folder = tmp_path / "data[v2]"
+    folder.mkdir()
+    data = _write(folder / "inter.tsv", "1\t2\t3\n")
+    code, _, err = run_cli(
+        ["train", "--interactions", str(data), "--format", "pairs", "--out", str(tmp_path / "r")],
+        capsys,
+    )
+    assert code == 2 and str(data) in err
+
+
 def test_user_without_training_items(tmp_path, capsys):
     train = _write(tmp_path / "train.tsv", "0\t1\n0\t2\n1\t1\n")
     valid = _write(tmp_path / "valid.tsv", "0\t3\n1\t2\n")

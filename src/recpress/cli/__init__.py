@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.text import Text
 
 from recpress.cli import core  # noqa: F401,E402  (registers commands)
 from recpress.cli.app import app, err_console
@@ -28,7 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=False)
     except RecPressError as err:
-        err_console.print(f"[bold red]error:[/] {err}", highlight=False, soft_wrap=True)
+        message = Text("error: ", style="bold red") + Text(str(err))
+        err_console.print(message, highlight=False, soft_wrap=True)
         sys.exit(err.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("interrupted; rerun the same command to resume")

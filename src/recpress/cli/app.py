@@ -16,9 +16,12 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # help texts as markdown, not rich markup: "recpress[serve]" must stay whole
+    rich_markup_mode="markdown",
 )
-console = Console()
-err_console = Console(stderr=True)
+# output is text, not rich markup: ids, paths and messages with brackets print as they are
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
 
 SetOption = Annotated[
     list[str] | None,

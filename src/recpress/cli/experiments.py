@@ -80,4 +80,4 @@ def report(
     paths = write_report(sweep_dir, paired=paired, latency=latency)
     console.print(f"report: {paths['md']} and {paths['html']}")
     if paths.get("missing"):
-        console.print(f"[yellow]{paths['missing']} runs missing[/] (listed in the report)")
+        console.print(f"{paths['missing']} runs missing (listed in the report)", style="yellow")

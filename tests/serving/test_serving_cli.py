@@ -102,3 +102,13 @@ def test_serve_command_in_a_subprocess(small_artifact: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_serve_threads_per_worker() -> None:
+    from recpress.cli.serving import worker_threads
+
+    assert worker_threads(1, None, 16) is None  # one worker: torch's default (all cores)
+    assert worker_threads(4, None, 16) == 4  # cores shared out between the workers
+    assert worker_threads(3, None, 2) == 1  # never below one
+    assert worker_threads(4, 2, 16) == 2  # an explicit --threads wins
+    assert worker_threads(2, None, None) == 1  # unknown core count

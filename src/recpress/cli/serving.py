@@ -21,6 +21,15 @@ def _threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def worker_threads(workers: int, threads: int | None, cpu_count: int | None) -> int | None:
+    """Threads per serving worker: as given, else None (torch's default, all cores) for one
+    worker and cores ÷ workers (at least 1) for several: parallel regions of workers that share
+    cores wait on each other's preempted threads, which costs several times the throughput."""
+    if threads is not None or workers <= 1:
+        return threads
+    return max(1, (cpu_count or 1) // workers)
+
+
 @app.command()
 def profile(
     run_dir: Annotated[Path, typer.Argument(help="A finished run directory.")],
@@ -195,7 +204,13 @@ def serve(
     unknown: Annotated[
         str, typer.Option(help="Unknown users: popularity or error.")
     ] = "popularity",
-    threads: Annotated[int | None, typer.Option(help="torch CPU threads per worker.")] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            help="CPU threads per worker (default: all cores with one worker, else cores ÷ "
+            "workers, so that workers do not oversubscribe the cores)."
+        ),
+    ] = None,
 ) -> None:
     """Serve an artifact over HTTP (FastAPI + uvicorn; pip install 'recpress[serve]')."""
     import os
@@ -209,6 +224,7 @@ def serve(
         raise ConfigError("serving needs uvicorn: pip install 'recpress[serve]'") from None
     if workers < 1 or max_batch < 1 or max_k < 1 or not 0 < port < 65536:
         raise ConfigError("--workers, --max-batch, --max-k must be >= 1 and --port in 1..65535")
+    threads = worker_threads(workers, threads, os.cpu_count())
     _threads(threads)
     application = create_app(artifact, max_batch=max_batch, max_k=max_k, unknown=unknown)
     if workers == 1:

@@ -48,13 +48,15 @@ def sweep(
     cfg = load_sweep_config(config, set_ or [])
     out = out or Path("runs") / cfg.name
     summary = run_sweep(cfg, out, restart=restart, progress=progress, only=only, jobs=jobs)
-    if summary.get("grid_change"):
-        change = summary["grid_change"]
+    change = summary.get("grid_change")
+    if change and (change["added"] or change["dropped"]):
         console.print(
             f"{out}: same experiment, grid changed ({change['added']} runs added, "
             f"{change['dropped']} dropped from the report, their directories kept); "
             "finished runs were kept"
         )
+    elif change:
+        console.print(f"{out}: same runs; the stored config was updated (name or report settings)")
     console.print(
         f"sweep {out}: trained {len(summary['trained'])}, skipped {len(summary['skipped'])} "
         f"finished, {summary['wall_seconds']:.0f}s"

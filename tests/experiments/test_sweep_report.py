@@ -295,6 +295,13 @@ def test_claims_logic():
     c1, c2 = check_claims(cfg, table, "htd", s)
     assert c1["verdict"] == "does not hold" and "margin not met" in " ".join(c1["evidence"])
     assert c2["verdict"] == "does not hold"
+    # the reason is spelled out: HTD still ahead at d=200, FTD ahead at d=100
+    table[(20, "htd")] = {s: _cell(0.275, 0.002)}
+    table[(200, "htd")] = {s: _cell(0.330, 0.002)}
+    table[(100, "ftd")] = {s: _cell(0.330, 0.002)}
+    evidence = " ".join(check_claims(cfg, table, "htd", s)[1]["evidence"])
+    assert "HTD still ahead beyond seed noise" in evidence
+    assert "FTD ahead of HTD beyond seed noise: the claim's direction" in evidence
     del table[(200, "ftd")]
     assert check_claims(cfg, table, "htd", s)[1]["verdict"] == "undecided"
     # one seed has no spread: the margin (and so the claim) is undecided, not "does not hold"

@@ -517,11 +517,19 @@ def check_claims(cfg: SweepConfig, table: dict, htd_method: str, sel: str) -> li
             delta, pooled = deltas[d]
             noise = not math.isnan(pooled) and abs(delta) <= 2 * pooled
             ok &= ftd_ok and noise
+            why = ""
+            if not noise and delta < 0:
+                why = (
+                    " (FTD ahead of HTD beyond seed noise: the claim's direction, but the "
+                    "test asks for |Δ| within noise)"
+                )
+            elif not noise:
+                why = " (HTD still ahead beyond seed noise: its advantage has not vanished here)"
             lines.append(
                 f"d={d}: HTD {cell(d, htd_method)['mean']:.4f}{_per_seed(cell(d, htd_method))}, "
                 f"FTD {f['mean']:.4f}{_per_seed(f)} {'≥' if ftd_ok else '<'} student "
                 f"{s['mean'] if s else float('nan'):.4f}; |Δ| = {abs(delta):.4f} "
-                f"{'≤' if noise else '>'} 2×pooled std {_fmt_spread(pooled)}"
+                f"{'≤' if noise else '>'} 2×pooled std {_fmt_spread(pooled)}{why}"
             )
     out.append(
         {

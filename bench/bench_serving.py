@@ -57,7 +57,7 @@ from recpress.serving.recommender import TopKRecommender
 
 ROOT = Path(__file__).resolve().parents[1]
 #: chunk sizes (scores per chunk) tried for the all-user throughput, best kept per model
-CHUNK_ELEMENTS = (2**18, 2**19, 2**20, 2**22)
+CHUNK_ELEMENTS = (2**18, 2**19, 2**20, 2**21, 2**22, 2**23)
 #: per top-k selector, the fan-outs of the levels of maxima tried (0: one pass over the row),
 #: best kept per model: the torch path and the compiled kernel (recpress.serving.selection)
 FANOUTS = {"torch": (0, 4, 16, 64), "numba": (8, 16)}

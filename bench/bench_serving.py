@@ -250,6 +250,12 @@ def main() -> None:
             "torch": torch.__version__,
             "python": platform.python_version(),
             "machine": platform.machine(),
+            # two OpenMP runtimes share the process (torch's for the products, numba's for the
+            # top-k); how their threads wait between regions moves the student's time up to 3x
+            "openmp_env": {
+                v: os.environ.get(v)
+                for v in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "NUMBA_THREADING_LAYER")
+            },
         },
     }
 
@@ -300,6 +306,12 @@ def main() -> None:
         / out["models"]["teacher"]["all_user_top50"]["users_per_s"]
     )
     out["throughput_speedup"] = round(speedup, 2)
+    try:  # the layer numba picked for the parallel kernel (known once it has run)
+        import numba
+
+        out["environment"]["numba_threading_layer"] = numba.threading_layer()
+    except (ImportError, ValueError):
+        out["environment"]["numba_threading_layer"] = None
     if args.head_to_head:
         paired = sorted(t / s for t, s in zip(h2h["teacher"], h2h["student"], strict=True))
         q = np.quantile(paired, [0.25, 0.5, 0.75])

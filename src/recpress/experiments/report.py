@@ -530,8 +530,9 @@ def check_claims(cfg: SweepConfig, table: dict, htd_method: str, sel: str) -> li
                 )
             elif not noise:
                 why = " (HTD still ahead beyond seed noise: its advantage has not vanished here)"
+            h = cell(d, htd_method)
             lines.append(
-                f"d={d}: HTD {cell(d, htd_method)['mean']:.4f}{_per_seed(cell(d, htd_method))}, "
+                f"d={d}: HTD {h['mean']:.4f}{_per_seed(h)}, "
                 f"FTD {f['mean']:.4f}{_per_seed(f)} {'≥' if ftd_ok else '<'} student "
                 f"{s['mean'] if s else float('nan'):.4f}; |Δ| = {abs(delta):.4f} "
                 f"{'≤' if noise else '>'} 2×pooled std {_fmt_spread(pooled)}{why}"
@@ -714,7 +715,6 @@ def build_report(
         ref = f" (authors' log: {TD_LOG[(None, 'teacher')][-1]:.4f})" if reference else ""
         md += [f"**Teacher**: test {metric} " + ", ".join(parts) + ref, ""]
 
-    reached: list[str] = []
     reference_cells: list[dict] = []
     dims = sorted({d for d, _ in table if d is not None})
     for dim in dims:
@@ -758,7 +758,6 @@ def build_report(
                 if log is not None and fixed:
                     ok = fixed["mean"] >= log[-1]
                     z = log_z(fixed["mean"], fixed["std"], fixed["n"], log[-1])
-                    z_text = "" if math.isnan(z) else f"z = {z:+.2f}"
                     reference_cells.append(
                         {
                             "dim": dim,
@@ -770,12 +769,8 @@ def build_report(
                             "reached": ok,
                         }
                     )
-                    reached.append(
-                        f"d={dim} {m}: ours {fixed['mean']:.4f} ({fixed['n']} seeds) vs log "
-                        f"{log[-1]:.4f}: {'reached' if ok else 'NOT reached'}"
-                        + (f", {z_text}" if z_text else "")
-                    )
                     verdict = "yes" if ok else "**no**"
+                    z_text = _z_text(z)
                     cells += [f"{log[-1]:.4f}", f"{verdict} ({z_text})" if z_text else verdict]
                 else:
                     cells += ["—", "—"]
@@ -844,10 +839,9 @@ def build_report(
                     md.append(f"* **{c['claim']}: {c['verdict'].upper()}**")
                     md += [f"  * {line}" for line in c["evidence"]]
                 md.append("")
-    if reached:
+    if reference_cells:
         md += ["## Authors' logged table (test Recall@50 at epoch 100) vs our fixed-epoch mean", ""]
-        md += [f"* {r}" for r in reached] + [""]
-        md += _reference_summary(reference_cells)
+        md += _reference_bullets(reference_cells) + _reference_summary(reference_cells)
     md += ["## Missing runs", ""]
     if missing:
         md += [f"* {m['run']} — {m['state']} (`{m['path']}`)" for m in missing]
@@ -867,6 +861,21 @@ def build_report(
         "missing": missing,
     }
     return "\n".join(md), figures, numbers
+
+
+def _z_text(z: float) -> str:
+    """ "z = +0.69", or "" when z is undefined (one seed)."""
+    return "" if math.isnan(z) else f"z = {z:+.2f}"
+
+
+def _reference_bullets(cells: list[dict]) -> list[str]:
+    """Markdown bullets, one per logged cell: our mean vs the log, reached or not, z."""
+    return [
+        f"* d={c['dim']} {c['method']}: ours {c['ours']:.4f} ({c['n']} seeds) vs log "
+        f"{c['log']:.4f}: {'reached' if c['reached'] else 'NOT reached'}"
+        + (f", {_z_text(c['z'])}" if _z_text(c["z"]) else "")
+        for c in cells
+    ] + [""]
 
 
 def _reference_summary(cells: list[dict]) -> list[str]:

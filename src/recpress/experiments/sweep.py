@@ -288,19 +288,22 @@ def _prepare_sweep_dir(
     existing = sweep_dir / SWEEP_FILE
     text = cfg.to_yaml()
     changed = None
-    if existing.is_file() and not same_config(existing.read_text(), text, _normalise_sweep_yaml):
-        changed = None if restart else grid_change(existing.read_text(), cfg, sweep_dir)
-        if changed is None and not restart:
-            raise ConfigError(
-                f"{sweep_dir} holds a sweep with a different config ({existing}); its results "
-                "would mix with this one. Use another --out, or --restart to delete its runs and "
-                "start over (a config that only adds or drops dims, methods or seeds is accepted)"
-            )
+    stored = existing.read_text() if existing.is_file() else None
+    if stored is not None and not same_config(stored, text, _normalise_sweep_yaml):
         if restart:
             for name in (TEACHER_DIR, RUNS_DIR):
                 shutil.rmtree(sweep_dir / name, ignore_errors=True)
             for name in ("report.md", "report.html", "report.json"):
                 (sweep_dir / name).unlink(missing_ok=True)
+        else:
+            changed = grid_change(stored, cfg, sweep_dir)
+            if changed is None:
+                raise ConfigError(
+                    f"{sweep_dir} holds a sweep with a different config ({existing}); its "
+                    "results would mix with this one. Use another --out, or --restart to delete "
+                    "its runs and start over (a config that only adds or drops dims, methods or "
+                    "seeds is accepted)"
+                )
     sweep_dir.mkdir(parents=True, exist_ok=True)
     write_text(existing, text)
     return sweep_dir, changed

@@ -137,3 +137,56 @@ def test_padding_columns_beyond_n_items_are_ignored():
     assert np.array_equal(values, reference(scores, seen, 12)[0]) and (cols < 90).all()
     with pytest.raises(ValueError, match="n_items must be in"):
         selection.masked_topk(padded, np.arange(5), indptr, indices, 12, n_items=97)
+
+
+@pytest.mark.parametrize("threads,block_rows", [(1, 64), (2, 3), (2, 64), (3, 1)])
+def test_scored_topk_fuses_the_product(threads: int, block_rows: int):
+    """Integer embeddings make every product exact, so the fused pass must equal the reference
+    on the scores computed up front (ties included), whatever the blocks and workers."""
+    rng = np.random.default_rng(5)
+    n_users, n_items, width, dim, k = 23, 130, 144, 6, 17
+    user_emb = rng.integers(-3, 4, (n_users, dim)).astype(np.float32)
+    item_t = np.zeros((dim, width), np.float32)  # padding columns score 0, must never be read
+    item_t[:, :n_items] = rng.integers(-3, 4, (dim, n_items))
+    item_t[:, n_items:] = 1e6
+    _, seen, indptr, indices = random_case(rng, n_users, n_items, ties=True)
+    users = np.array([5, 0, 22, 5, 9, 1, 17], dtype=np.int64)
+    scores = user_emb[users] @ item_t[:, :n_items]
+    want, masked = reference(scores, [seen[u] for u in users], k)
+    values, cols = selection.scored_topk(
+        user_emb[users], item_t, users, indptr, indices, k,
+        n_items=n_items, threads=threads, block_rows=block_rows,
+    )  # fmt: skip
+    assert np.array_equal(values, want)
+    finite = np.isfinite(values)
+    assert np.array_equal(np.take_along_axis(masked, cols, 1)[finite], values[finite])
+    assert (cols < n_items).all()
+    # the same call on real-valued embeddings: the same top-k as numpy's product, up to rounding
+    user_emb = rng.standard_normal((n_users, dim)).astype(np.float32)
+    item_t[:, :n_items] = rng.standard_normal((dim, n_items))
+    values, cols = selection.scored_topk(
+        user_emb, item_t, np.arange(n_users), indptr, indices, k, n_items=n_items, threads=threads
+    )
+    want, _ = reference(user_emb @ item_t[:, :n_items], seen, k)
+    np.testing.assert_allclose(values, want, rtol=1e-5, atol=1e-5)
+
+
+def test_scored_topk_leaves_thread_settings_as_found_and_rejects_bad_shapes():
+    from threadpoolctl import threadpool_info
+
+    numba = pytest.importorskip("numba")
+    before = ([p["num_threads"] for p in threadpool_info()], numba.get_num_threads())
+    rng = np.random.default_rng(6)
+    user_emb = rng.standard_normal((9, 4)).astype(np.float32)
+    item_t = rng.standard_normal((4, 32)).astype(np.float32)
+    csr = (np.zeros(10, np.int64), np.zeros(0, np.int64))
+    selection.scored_topk(user_emb, item_t, np.arange(9), *csr, 5, threads=1)
+    assert ([p["num_threads"] for p in threadpool_info()], numba.get_num_threads()) == before
+    empty = selection.scored_topk(user_emb[:0], item_t, np.arange(0), *csr, 5)
+    assert empty[0].shape == (0, 5)
+    with pytest.raises(ValueError, match="user_rows must have shape"):
+        selection.scored_topk(user_emb[:, :3], item_t, np.arange(9), *csr, 5)
+    with pytest.raises(ValueError, match="item_t must be"):
+        selection.scored_topk(user_emb, item_t.astype(np.float64), np.arange(9), *csr, 5)
+    with pytest.raises(ValueError, match="k must be in"):
+        selection.scored_topk(user_emb, item_t, np.arange(9), *csr, 33)

@@ -4,7 +4,7 @@ Module-level functions, so that numba caches the compiled code on disk between p
 """
 
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, njit, prange
 
 # fast-math without nnan/ninf: -inf marks excluded items and must compare correctly
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
@@ -80,41 +80,48 @@ def _keep_top(cv, ci, m, k, work):  # pragma: no cover - compiled
         above += cv[t] > kth
     ties = k - above
     out = 0
-    for t in range(m):
+    for t in range(m):  # branch-free compaction: write every candidate, advance past the kept
         x = cv[t]
-        keep = x > kth
-        if not keep and x == kth and ties > 0:
-            keep = True
-            ties -= 1
-        if keep:
-            cv[out] = x
-            ci[out] = ci[t]
-            out += 1
+        tie = (x == kth) & (ties > 0)
+        ties -= tie
+        cv[out] = x
+        ci[out] = ci[t]
+        out += (x > kth) | tie
     return kth
+
+
+@njit(inline="always", cache=True)
+def _workspace(k, fanout, sizes, offs):  # pragma: no cover - compiled
+    """The scratch arrays of `_select_row` (allocated once per worker, not per row): the levels
+    of maxima, candidate values/columns, quickselect's copy, the chosen groups."""
+    levels = sizes.shape[0] - 1
+    cap = max(sizes[levels], k * fanout)
+    return (
+        np.empty(max(offs[levels + 1], 1), np.float32),
+        np.empty(cap, np.float32),
+        np.empty(cap, np.int64),
+        np.empty(cap, np.float32),
+        np.empty(k, np.int64),
+    )
 
 
 @njit(inline="always", fastmath=FASTMATH, cache=True)
 def _select_row(
-    row, user, mask, indptr, indices, k, fanout, sizes, offs, out_v, out_i
+    row, user, mask, indptr, indices, k, fanout, sizes, offs, space, out_v, out_i
 ):  # pragma: no cover - compiled
     """Top-k of one score row (n,) into out_v/out_i (k,), descending, the user's seen items set
-    to -inf first when `mask`; `sizes`/`offs`: the level sizes and their offsets in one scratch
-    array. NaN scores count as -inf."""
+    to -inf first when `mask`; `sizes`/`offs`: the level sizes and their offsets in the scratch
+    array; `space`: `_workspace(k, fanout, sizes, offs)`. NaN scores count as -inf."""
+    scratch, cv, ci, work, chosen = space
     levels = sizes.shape[0] - 1
     if mask:
         for p in range(indptr[user], indptr[user + 1]):
             row[indices[p]] = -np.inf
-    scratch = np.empty(max(offs[levels + 1], 1), np.float32)
     below = row
     for lv in range(1, levels + 1):
         level = scratch[offs[lv] : offs[lv + 1]]
         _maxima(below, level, fanout)
         below = level
-    cap = max(sizes[levels], k * fanout)
-    cv = np.empty(cap, np.float32)
-    ci = np.empty(cap, np.int64)
-    work = np.empty(cap, np.float32)
-    chosen = np.empty(k, np.int64)
     # the top level: every group is a candidate
     m = sizes[levels]
     for g in range(m):
@@ -134,12 +141,11 @@ def _select_row(
             g = chosen[t]
             for j in range(fanout):
                 pos = g + j * step
-                if pos < n_below:
+                if pos < n_below:  # branch-free: store, advance only past a candidate
                     x = below[pos]
-                    if x >= bound:
-                        cv[m] = x
-                        ci[m] = pos
-                        m += 1
+                    cv[m] = x
+                    ci[m] = pos
+                    m += x >= bound
         bound = _keep_top(cv, ci, m, k, work)
     # insertion sort of the k survivors, descending (stable)
     for t in range(1, k):
@@ -161,19 +167,50 @@ def _select_row(
 def masked_topk_parallel(
     scores, users, mask, indptr, indices, k, fanout, sizes, offs, out_v, out_i
 ):  # pragma: no cover - compiled
-    for r in prange(scores.shape[0]):
-        _select_row(
-            scores[r, : sizes[0]], users[r], mask, indptr, indices, k, fanout, sizes, offs,
-            out_v[r], out_i[r],
-        )  # fmt: skip
+    """Rows in `get_num_threads()` contiguous shares, one per worker."""
+    b = scores.shape[0]
+    workers = min(get_num_threads(), b)
+    for t in prange(workers):
+        space = _workspace(k, fanout, sizes, offs)
+        for r in range(t * b // workers, (t + 1) * b // workers):
+            _select_row(
+                scores[r, : sizes[0]], users[r], mask, indptr, indices, k, fanout, sizes, offs,
+                space, out_v[r], out_i[r],
+            )  # fmt: skip
 
 
 @njit(nogil=True, cache=True)
 def masked_topk_serial(
     scores, users, mask, indptr, indices, k, fanout, sizes, offs, out_v, out_i
 ):  # pragma: no cover - compiled
+    space = _workspace(k, fanout, sizes, offs)
     for r in range(scores.shape[0]):
         _select_row(
             scores[r, : sizes[0]], users[r], mask, indptr, indices, k, fanout, sizes, offs,
-            out_v[r], out_i[r],
+            space, out_v[r], out_i[r],
         )  # fmt: skip
+
+
+@njit(parallel=True, nogil=True, cache=True)
+def scored_topk_parallel(
+    user_rows, item_t, users, mask, indptr, indices, k, fanout, sizes, offs, buffers, out_v, out_i
+):  # pragma: no cover - compiled
+    """Blocks of rows of ``user_rows @ item_t`` (BLAS, into the worker's own buffer), each block
+    selected right after its product; worker t takes blocks t, t + T, ... (T = len(buffers))."""
+    n = user_rows.shape[0]
+    workers = buffers.shape[0]
+    block = buffers.shape[1]
+    blocks = (n + block - 1) // block
+    for t in prange(workers):
+        buffer = buffers[t]
+        space = _workspace(k, fanout, sizes, offs)
+        for c in range(t, blocks, workers):
+            start = c * block
+            stop = min(start + block, n)
+            rows = buffer[: stop - start]
+            np.dot(user_rows[start:stop], item_t, rows)
+            for r in range(stop - start):
+                _select_row(
+                    rows[r, : sizes[0]], users[start + r], mask, indptr, indices, k, fanout,
+                    sizes, offs, space, out_v[start + r], out_i[start + r],
+                )  # fmt: skip

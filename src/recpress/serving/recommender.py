@@ -218,6 +218,7 @@ class TopKRecommender:
         item_t = torch.zeros(artifact.dim, width, dtype=torch.float32)
         item_t[:, :n_items] = artifact.item_emb.T
         self.item_emb_t = item_t.to(self.device).contiguous()
+        self._item_emb_t_np = self.item_emb_t.numpy() if self.selector == "numba" else None
         self.item_ids = artifact.item_ids
         self.user_ids = artifact.user_ids
         self.user_ids_are_int = artifact.user_ids.dtype.kind in "iu"
@@ -310,37 +311,39 @@ class TopKRecommender:
     def _topk_compiled(
         self, idx: torch.Tensor, k: int, exclude_seen: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`topk_internal` with the compiled kernel: per chunk one matmul into a reused buffer,
-        then masking + selection in one parallel pass that writes straight into the output."""
+        """`topk_internal` with the compiled kernels: one user is scored by torch and selected
+        on the calling thread; a batch goes through `selection.scored_topk`, whose workers
+        (torch's thread count) each multiply a block of `chunk_users` rows and select it."""
         n = len(idx)
         values = np.empty((n, k), dtype=np.float32)
         items = np.empty((n, k), dtype=np.int64)
         if n == 0 or k == 0:
             return torch.from_numpy(values), torch.from_numpy(items)
-        rows = min(self.chunk_users, n)
-        buffer = torch.empty((rows, self.item_emb_t.shape[1]))
-        scores = buffer.numpy()
         users = idx.numpy()
         fanout = max(self.fanout, 2)
         levels = selection.choose_levels(self.n_items, k, fanout) if self.fanout else 0
-        threads = torch.get_num_threads()
+        common = {
+            "n_items": self.n_items,
+            "exclude_seen": exclude_seen,
+            "fanout": fanout,
+            "levels": levels,
+            "out": (values, items),
+        }
         with torch.no_grad():
-            for start in range(0, n, self.chunk_users):
-                stop = min(start + self.chunk_users, n)
-                m = stop - start
-                torch.mm(self.user_emb[idx[start:stop]], self.item_emb_t, out=buffer[:m])
-                selection.masked_topk(
-                    scores[:m],
-                    users[start:stop],
+            if n < selection.PARALLEL_MIN_ROWS:
+                scores = torch.mm(self.user_emb[idx], self.item_emb_t).numpy()
+                selection.masked_topk(scores, users, self._indptr_np, self._indices_np, k, **common)
+            else:
+                selection.scored_topk(
+                    self.user_emb.numpy()[users],
+                    self._item_emb_t_np,
+                    users,
                     self._indptr_np,
                     self._indices_np,
                     k,
-                    n_items=self.n_items,
-                    exclude_seen=exclude_seen,
-                    fanout=fanout,
-                    levels=levels,
-                    threads=threads,
-                    out=(values[start:stop], items[start:stop]),
+                    threads=torch.get_num_threads(),
+                    block_rows=self.chunk_users,
+                    **common,
                 )
         return torch.from_numpy(values), torch.from_numpy(items)
 

@@ -6,7 +6,7 @@ the k largest values and their columns after setting the columns
 
     values[r] = sorted_desc({scores[r, j] : j not seen by users[r]})[:k]
 
-It is one numba-compiled pass per row, parallel over rows, and replaces the masking scatter plus
+It is one numba-compiled pass per row, parallel over shares of rows, and replaces the masking scatter plus
 ``torch.topk`` of the torch path (which cost about twice the student's matrix product on the
 serving benchmark). Per row:
 
@@ -22,6 +22,14 @@ serving benchmark). Per row:
    of the k·fanout), then cut to k by quickselect where more than k remain;
 4. the k survivors are insertion-sorted into the output, descending.
 
+``scored_topk(user_rows, item_t, users, indptr, indices, k)`` is the same selection of the rows
+of ``user_rows @ item_t``, with the product inside the pass: each worker multiplies a block of
+rows into its own buffer (BLAS through numba, single-threaded) and selects the block at once. So
+one thread pool runs the whole request. Before, torch's OpenMP runtime ran the product and
+numba's the selection; after each region one runtime's idle threads spin and, on 2 cores, take
+the core the other's workers need (measured: the student's all-user top-50 at 0.07 s or 0.21 s
+depending on the process).
+
 Ties at the k-th value keep the first candidates met. Rows with fewer than k unseen items are
 padded with value -inf (at seen columns). NaN scores count as -inf. numba is a dependency,
 imported on the first call; where it is missing, `available()` is False and `TopKRecommender`
@@ -30,9 +38,11 @@ uses its torch path.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -79,13 +89,65 @@ def choose_levels(n_items: int, k: int, fanout: int = DEFAULT_FANOUT, max_levels
 
 @functools.cache
 def _kernels() -> Any:
-    """(numba, parallel kernel, serial kernel): imported on first use, so that importing
-    recpress stays fast; numba compiles them once and caches the machine code on disk."""
+    """The module of compiled kernels and numba: imported on first use, so that importing
+    recpress stays fast; numba compiles the kernels once and caches the machine code on disk."""
     import numba
+    import scipy.linalg.cython_blas  # noqa: F401  (the BLAS numba's np.dot calls; loaded now)
 
     from recpress.serving import _selection_kernels as kernels
 
-    return numba, kernels.masked_topk_parallel, kernels.masked_topk_serial
+    return numba, kernels
+
+
+@functools.cache
+def _blas_controller() -> Any:
+    """threadpoolctl's view of the BLAS libraries loaded (after `_kernels` loaded scipy's)."""
+    from threadpoolctl import ThreadpoolController
+
+    _kernels()
+    return ThreadpoolController()
+
+
+def _plan(n: int, k: int, fanout: int, levels: int | None) -> tuple[int, np.ndarray, np.ndarray]:
+    """(fanout, level sizes, their offsets in one scratch array) for rows of n items."""
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be in [1, {n}], got {k}")
+    fanout = max(int(fanout), 2)
+    levels = choose_levels(n, k, fanout) if levels is None else int(levels)
+    sizes = np.asarray(level_sizes(n, fanout, levels), dtype=np.int64)
+    if sizes[-1] < k:
+        raise ValueError(f"{levels} levels of fan-out {fanout} leave fewer than k={k} groups")
+    offs = np.zeros(levels + 2, dtype=np.int64)
+    offs[2:] = np.cumsum(sizes[1:])
+    return fanout, sizes, offs
+
+
+def _check_rows(
+    b: int, width: int, n_items: int | None, users: np.ndarray, indptr: np.ndarray,
+    exclude_seen: bool, k: int, out: tuple[np.ndarray, np.ndarray] | None,
+) -> tuple[int, tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+    """Validate the arguments shared by both entry points: (items per row, output arrays)."""
+    n = width
+    if n_items is not None:
+        if not 1 <= n_items <= width:
+            raise ValueError(f"n_items must be in [1, {width}], got {n_items}")
+        n = int(n_items)
+    if users.shape != (b,):
+        raise ValueError(f"users must have shape ({b},), got {users.shape}")
+    if exclude_seen and b and (users.min() < 0 or users.max() >= len(indptr) - 1):
+        raise ValueError(f"users must index the CSR's {len(indptr) - 1} rows")
+    if out is not None and (out[0].shape != (b, k) or out[1].shape != (b, k)):
+        raise ValueError(f"out must be two arrays of shape ({b}, {k})")
+    if out is None:
+        out = (np.empty((b, k), np.float32), np.empty((b, k), np.int64))
+    return n, out
+
+
+def _csr(indptr: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return (
+        np.ascontiguousarray(indptr, dtype=np.int64),
+        np.ascontiguousarray(indices, dtype=np.int64),
+    )
 
 
 def masked_topk(
@@ -118,54 +180,119 @@ def masked_topk(
     """
     if not available():
         raise RuntimeError("the compiled top-k kernel needs numba: pip install numba")
-    numba, parallel_kernel, serial_kernel = _kernels()
+    numba, kernels = _kernels()
     if scores.ndim != 2 or scores.dtype != np.float32 or not scores.flags.c_contiguous:
         raise ValueError("scores must be a C-contiguous float32 array of shape (b, n)")
-    b, n = scores.shape
-    if n_items is not None:
-        if not 1 <= n_items <= n:
-            raise ValueError(f"n_items must be in [1, {n}], got {n_items}")
-        n = int(n_items)
-    if not 1 <= k <= n:
-        raise ValueError(f"k must be in [1, {n}], got {k}")
-    if users.shape != (b,):
-        raise ValueError(f"users must have shape ({b},), got {users.shape}")
-    if exclude_seen and b and (users.min() < 0 or users.max() >= len(indptr) - 1):
-        raise ValueError(f"users must index the CSR's {len(indptr) - 1} rows")
-    if out is not None and (out[0].shape != (b, k) or out[1].shape != (b, k)):
-        raise ValueError(f"out must be two arrays of shape ({b}, {k})")
-    fanout = max(int(fanout), 2)
-    levels = choose_levels(n, k, fanout) if levels is None else int(levels)
-    sizes = np.asarray(level_sizes(n, fanout, levels), dtype=np.int64)
-    if sizes[-1] < k:
-        raise ValueError(f"{levels} levels of fan-out {fanout} leave fewer than k={k} groups")
-    offs = np.zeros(levels + 2, dtype=np.int64)
-    offs[2:] = np.cumsum(sizes[1:])
-    if out is None:
-        out = (np.empty((b, k), np.float32), np.empty((b, k), np.int64))
-    values, columns = out
+    b = scores.shape[0]
+    n, out = _check_rows(b, scores.shape[1], n_items, users, indptr, exclude_seen, k, out)
+    fanout, sizes, offs = _plan(n, k, fanout, levels)
     args = (
         scores,
         np.ascontiguousarray(users, dtype=np.int64),
         bool(exclude_seen),
-        np.ascontiguousarray(indptr, dtype=np.int64),
-        np.ascontiguousarray(indices, dtype=np.int64),
+        *_csr(indptr, indices),
         int(k),
         fanout,
         sizes,
         offs,
-        values,
-        columns,
+        *out,
     )
     if b < PARALLEL_MIN_ROWS:
-        serial_kernel(*args)
-        return values, columns
+        kernels.masked_topk_serial(*args)
+        return out
+    with _parallel_launch(numba, threads):
+        kernels.masked_topk_parallel(*args)
+    return out
+
+
+def scored_topk(
+    user_rows: np.ndarray,
+    item_t: np.ndarray,
+    users: np.ndarray,
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    k: int,
+    *,
+    n_items: int | None = None,
+    exclude_seen: bool = True,
+    fanout: int = DEFAULT_FANOUT,
+    levels: int | None = None,
+    threads: int | None = None,
+    block_rows: int = 64,
+    out: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`masked_topk` of ``scores = user_rows @ item_t`` (b, W), the product fused into the pass.
+
+    Each of the `threads` workers multiplies blocks of `block_rows` rows into its own buffer
+    with single-threaded BLAS and selects them while they are in its cache. One thread pool
+    does both halves: a torch product followed by the selection kernel alternates between two
+    OpenMP runtimes (torch's and numba's), whose idle threads spin for a while after each
+    region; on a 2-core machine they then take the core the other pool needs, which made the
+    same call up to 3x slower depending on the process (see bench/README.md).
+
+    Args:
+        user_rows: (b, d) float32, one row per requested user.
+        item_t: (d, W) C-contiguous float32, the item embeddings transposed (W >= n_items;
+            the columns past n_items are padding and never selected).
+        users, indptr, indices, k, n_items, exclude_seen, fanout, levels, out: as `masked_topk`.
+        threads: workers (None: numba's current setting); BLAS runs single-threaded meanwhile
+            (threadpoolctl, process-wide for the duration of the call).
+        block_rows: rows per product; lowered so that every worker gets a block.
+    """
+    if not available():
+        raise RuntimeError("the compiled top-k kernel needs numba: pip install numba")
+    numba, kernels = _kernels()
+    if item_t.ndim != 2 or item_t.dtype != np.float32 or not item_t.flags.c_contiguous:
+        raise ValueError("item_t must be a C-contiguous float32 array of shape (d, W)")
+    if user_rows.ndim != 2 or user_rows.shape[1] != item_t.shape[0]:
+        raise ValueError(f"user_rows must have shape (b, {item_t.shape[0]}), got {user_rows.shape}")
+    b = user_rows.shape[0]
+    n, out = _check_rows(b, item_t.shape[1], n_items, users, indptr, exclude_seen, k, out)
+    fanout, sizes, offs = _plan(n, k, fanout, levels)
+    if b == 0:
+        return out
+    with _parallel_launch(numba, threads) as workers:
+        workers = min(workers, b)
+        block = max(1, min(int(block_rows), -(-b // workers)))
+        buffers = _scratch(workers * block * item_t.shape[1]).reshape(workers, block, -1)
+        with _blas_controller().limit(limits=1, user_api="blas"):
+            kernels.scored_topk_parallel(
+                np.ascontiguousarray(user_rows, dtype=np.float32),
+                item_t,
+                np.ascontiguousarray(users, dtype=np.int64),
+                bool(exclude_seen),
+                *_csr(indptr, indices),
+                int(k),
+                fanout,
+                sizes,
+                offs,
+                buffers,
+                *out,
+            )
+    return out
+
+
+_SCRATCH: list[np.ndarray] = []
+
+
+def _scratch(size: int) -> np.ndarray:
+    """A float32 buffer of `size` floats, reused between calls (held under the launch lock):
+    a fresh multi-MB buffer per call costs page faults, and glibc's adaptive mmap threshold
+    made that cost differ from one process to the next."""
+    if not _SCRATCH or _SCRATCH[0].size < size:
+        _SCRATCH[:] = [np.empty(size, np.float32)]
+    return _SCRATCH[0][:size]
+
+
+@contextlib.contextmanager
+def _parallel_launch(numba: Any, threads: int | None) -> Iterator[int]:
+    """Hold the launch lock with numba's thread count set to `threads` (restored after);
+    yields the count in force."""
     with _PARALLEL_LOCK:
         previous = numba.get_num_threads()
         if threads is not None:
             numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
         try:
-            parallel_kernel(*args)
+            yield numba.get_num_threads()
         finally:
             numba.set_num_threads(previous)
-    return values, columns

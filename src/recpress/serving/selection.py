@@ -6,9 +6,9 @@ the k largest values and their columns after setting the columns
 
     values[r] = sorted_desc({scores[r, j] : j not seen by users[r]})[:k]
 
-It is one numba-compiled pass per row, parallel over shares of rows, and replaces the masking scatter plus
-``torch.topk`` of the torch path (which cost about twice the student's matrix product on the
-serving benchmark). Per row:
+It is one numba-compiled pass per row, parallel over shares of rows, and replaces the masking
+scatter plus ``torch.topk`` of the torch path (which cost about twice the student's matrix
+product on the serving benchmark). Per row:
 
 1. the seen items are set to -inf in place (the caller's score buffer);
 2. ``levels`` levels of maxima are built: level i holds the maxima of ``fanout`` strided groups of
@@ -224,7 +224,7 @@ def scored_topk(
     """`masked_topk` of ``scores = user_rows @ item_t`` (b, W), the product fused into the pass.
 
     Each of the `threads` workers multiplies blocks of `block_rows` rows into its own buffer
-    with single-threaded BLAS and selects them while they are in its cache. One thread pool
+    with single-threaded BLAS and selects each block right after its product. One thread pool
     does both halves: a torch product followed by the selection kernel alternates between two
     OpenMP runtimes (torch's and numba's), whose idle threads spin for a while after each
     region; on a 2-core machine they then take the core the other pool needs, which made the
@@ -237,7 +237,8 @@ def scored_topk(
         users, indptr, indices, k, n_items, exclude_seen, fanout, levels, out: as `masked_topk`.
         threads: workers (None: numba's current setting); BLAS runs single-threaded meanwhile
             (threadpoolctl, process-wide for the duration of the call).
-        block_rows: rows per product; lowered so that every worker gets a block.
+        block_rows: rows per product; lowered so that every worker gets a block. The buffers
+            (threads × block_rows × W floats) are kept between calls for the next one.
     """
     if not available():
         raise RuntimeError("the compiled top-k kernel needs numba: pip install numba")

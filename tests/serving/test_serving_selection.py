@@ -190,3 +190,27 @@ def test_scored_topk_leaves_thread_settings_as_found_and_rejects_bad_shapes():
         selection.scored_topk(user_emb, item_t.astype(np.float64), np.arange(9), *csr, 5)
     with pytest.raises(ValueError, match="k must be in"):
         selection.scored_topk(user_emb, item_t, np.arange(9), *csr, 33)
+
+
+def test_kernels_are_cached_on_disk(tmp_path):
+    """Each kernel must land in numba's on-disk cache (a kernel that reads a dynamic global,
+    such as numba's thread count, silently recompiles in every process: seconds per start)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np\n"
+        "from recpress.serving import selection as sel\n"
+        "csr = (np.zeros(5, np.int64), np.zeros(0, np.int64))\n"
+        "s = np.random.rand(4, 40).astype(np.float32)\n"
+        "sel.masked_topk(s[:1].copy(), np.arange(1), *csr, 3)\n"
+        "sel.masked_topk(s.copy(), np.arange(4), *csr, 3, threads=2)\n"
+        "u = np.random.rand(4, 3).astype(np.float32)\n"
+        "sel.scored_topk(u, np.random.rand(3, 40).astype(np.float32), np.arange(4), *csr, 3)\n"
+    )
+    env = {**__import__("os").environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "Cannot cache" not in done.stderr
+    cached = {p.name.split(".")[1].rsplit("-", 1)[0] for p in tmp_path.rglob("*.nbi")}
+    assert {"masked_topk_serial", "masked_topk_parallel", "scored_topk_parallel"} <= cached

@@ -4,7 +4,7 @@ Module-level functions, so that numba caches the compiled code on disk between p
 """
 
 import numpy as np
-from numba import get_num_threads, njit, prange
+from numba import njit, prange
 
 # fast-math without nnan/ninf: -inf marks excluded items and must compare correctly
 FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
@@ -165,11 +165,12 @@ def _select_row(
 
 @njit(parallel=True, nogil=True, cache=True)
 def masked_topk_parallel(
-    scores, users, mask, indptr, indices, k, fanout, sizes, offs, out_v, out_i
+    scores, users, mask, indptr, indices, k, fanout, sizes, offs, out_v, out_i, workers
 ):  # pragma: no cover - compiled
-    """Rows in `get_num_threads()` contiguous shares, one per worker."""
+    """Rows in `workers` contiguous shares, one per worker (the thread count is an argument:
+    reading numba's from inside would keep the kernel out of the on-disk cache)."""
     b = scores.shape[0]
-    workers = min(get_num_threads(), b)
+    workers = max(1, min(workers, b))
     for t in prange(workers):
         space = _workspace(k, fanout, sizes, offs)
         for r in range(t * b // workers, (t + 1) * b // workers):

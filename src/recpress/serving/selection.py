@@ -200,8 +200,8 @@ def masked_topk(
     if b < PARALLEL_MIN_ROWS:
         kernels.masked_topk_serial(*args)
         return out
-    with _parallel_launch(numba, threads):
-        kernels.masked_topk_parallel(*args)
+    with _parallel_launch(numba, threads) as workers:
+        kernels.masked_topk_parallel(*args, workers)
     return out
 
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import platform
@@ -88,6 +89,53 @@ def time_scoring(score, n_users: int, batch: int, repeats: int) -> float:
             score(np.arange(s, min(s + batch, n_users)))
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+@functools.cache
+def _products_kernel():
+    """A numba loop of the batch path's block products alone (the same BLAS call)."""
+    from numba import njit
+
+    @njit(nogil=True)
+    def products(user_rows, item_t, buffer):  # pragma: no cover - compiled
+        n, block = user_rows.shape[0], buffer.shape[0]
+        for start in range(0, n, block):
+            stop = min(start + block, n)
+            np.dot(user_rows[start:stop], item_t, buffer[: stop - start])
+
+    return products
+
+
+def single_thread_split(rec: TopKRecommender, k: int, repeats: int) -> dict:
+    """The batch path on one worker at the recommender's block size, and its products alone
+    (single-threaded BLAS, same blocks): the rest is masking + selection, whose cost per user
+    does not shrink with d. Best of `repeats`."""
+    from recpress.serving import selection
+
+    user_rows, item_t = rec.user_emb.numpy(), rec.item_emb_t.numpy()
+    users = np.arange(rec.n_users)
+    buffer = np.empty((rec.chunk_users, item_t.shape[1]), np.float32)
+    products = _products_kernel()
+    full = prod = float("inf")
+    for _ in range(repeats + 1):  # the first round compiles and warms up
+        t0 = time.perf_counter()
+        selection.scored_topk(
+            user_rows, item_t, users, rec._indptr_np, rec._indices_np, k,
+            n_items=rec.n_items, threads=1, block_rows=rec.chunk_users,
+        )  # fmt: skip
+        full = min(full, time.perf_counter() - t0)
+        with selection._blas_controller().limit(limits=1, user_api="blas"):
+            t0 = time.perf_counter()
+            products(user_rows, item_t, buffer)
+            prod = min(prod, time.perf_counter() - t0)
+    return {
+        "block_users": rec.chunk_users,
+        "seconds_full": round(full, 4),
+        "seconds_products": round(prod, 4),
+        "seconds_selection": round(full - prod, 4),
+        "selection_us_per_user": round((full - prod) / rec.n_users * 1e6, 2),
+        "product_gflops": round(2 * rec.artifact.dim * rec.n_items * rec.n_users / prod / 1e9, 1),
+    }
 
 
 def free_port() -> int:
@@ -289,6 +337,19 @@ def main() -> None:
         for name in ("teacher", "student") if i % 2 == 0 else ("student", "teacher"):
             h2h[name].append(measure_throughput(recs[name], k=50, repeats=1)["seconds"])
     lat = {name: measure_latency(rec, k=50, n_requests=args.requests) for name, rec in recs.items()}
+    # where the time goes on one worker: products vs masking + selection (compiled path only)
+    if all(rec.selector == "numba" for rec in recs.values()):
+        split_1t = {name: single_thread_split(rec, 50, args.repeats) for name, rec in recs.items()}
+        p_t, p_s = (split_1t[n]["seconds_products"] for n in ("teacher", "student"))
+        out["single_thread_split"] = {
+            **split_1t,
+            # with the same selection cost s per call on both sides, (p_t + s) / (p_s + s) >= 5
+            # needs s <= (p_t - 5 p_s) / 4; and the ratio if selection were free
+            "ratio_if_selection_free": round(p_t / p_s, 2),
+            "selection_us_per_user_allowed_for_5x": round(
+                (p_t - 5 * p_s) / 4 / student.n_users * 1e6, 2
+            ),
+        }
     out["models"] = {}
     for name, art in (("teacher", teacher), ("student", student)):
         best = max(thr[name], key=lambda r: r["users_per_s"])

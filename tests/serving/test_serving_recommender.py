@@ -165,3 +165,13 @@ def test_empty_requests(small_artifact: Path, selector: str):
     assert values.shape == (0, 5) and items.shape == (0, 5)
     values, items = rec.topk_internal(torch.arange(3), 0)
     assert values.shape == (3, 0) and items.shape == (3, 0)
+
+
+def test_default_chunk_rule_caps_the_buffer_of_large_catalogues():
+    from recpress.serving.recommender import MAX_DEFAULT_CHUNK_ELEMENTS, default_chunk_users
+
+    assert default_chunk_users(25_981, 20) == 2**21 // 25_981  # 80 users: 8 MiB of scores
+    assert default_chunk_users(25_981, 200) == 200  # at least d users per pass over the items
+    assert default_chunk_users(1_000_000, 200) == MAX_DEFAULT_CHUNK_ELEMENTS // 1_000_000 == 16
+    assert default_chunk_users(10**9, 64) == 1
+    assert default_chunk_users(100, 8) == 2**21 // 100  # a small catalogue: many users a chunk

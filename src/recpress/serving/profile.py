@@ -101,10 +101,11 @@ def profile_artifact(
         "latency_ms": measure_latency(rec, k, n_requests, warmup, seed),
         "throughput": measure_throughput(rec, k, repeats),
     }
+    workers = torch.get_num_threads() if rec.selector == "numba" else 1  # a buffer each
     prof["memory"] = {
         "peak_rss_mb": _peak_rss_mb(),
         "working_set_mb": round(
-            (emb_bytes + seen_bytes + rec.chunk_users * n_items * 4) / 2**20, 2
+            (emb_bytes + seen_bytes + workers * rec.chunk_users * n_items * 4) / 2**20, 2
         ),
     }
     prof["environment"] = {

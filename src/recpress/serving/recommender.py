@@ -165,6 +165,17 @@ def _hierarchical_topk(
 
 #: scores per chunk of users when none is given (see `TopKRecommender`)
 DEFAULT_CHUNK_ELEMENTS = 2**21
+#: the default never gives a worker's buffer more scores than this (64 MiB of float32)
+MAX_DEFAULT_CHUNK_ELEMENTS = 2**24
+
+
+def default_chunk_users(n_items: int, dim: int) -> int:
+    """Users per chunk when none is given: `DEFAULT_CHUNK_ELEMENTS` scores and at least `dim`
+    users, but at most `MAX_DEFAULT_CHUNK_ELEMENTS` scores (a large catalogue would otherwise
+    get d rows of n scores per worker: 1.6 GB for d=200 and a million items on 2 threads)."""
+    n = max(1, int(n_items))
+    wanted = max(DEFAULT_CHUNK_ELEMENTS // n, int(dim))
+    return max(1, min(wanted, MAX_DEFAULT_CHUNK_ELEMENTS // n))
 
 
 class TopKRecommender:
@@ -174,10 +185,12 @@ class TopKRecommender:
         artifact: a loaded `Artifact`.
         unknown: "popularity" (fallback, flagged) or "error" (raise `UnknownUserError`).
         chunk_elements: users per chunk are chosen so that a chunk holds about this many
-            scores. None (default): 2**21 floats (8 MiB) and at least d users, so that each pass
-            over the item matrix (d × n floats) yields at least as many score rows as it has
-            dimensions. Measured on citeulike-t-td (2 threads, all users): d=20 was fastest at
-            83 users per chunk, d=200 at 166–332 (20 users per chunk cost the teacher 2.2x).
+            scores. None (default, `default_chunk_users`): 2**21 floats (8 MiB) and at least d
+            users, so that each pass over the item matrix (d × n floats) yields at least as many
+            score rows as it has dimensions, capped at 2**24 floats per chunk. Each worker of a
+            batch request has a buffer of one chunk. Measured on citeulike-t-td (2 threads, all
+            users, before the batch path ran in one pool): d=20 was fastest at 83 users per
+            chunk, d=200 at 166–332 (20 users per chunk cost the teacher 2.2x).
         device: where the matrix product runs (the "numba" selector needs "cpu").
         fanout: items per group at each level of maxima of the exact top-k (0 disables the
             levels: one selection pass over the whole catalogue). None: 16 for "numba", 4 for
@@ -230,7 +243,7 @@ class TopKRecommender:
         self.popularity = torch.as_tensor(artifact.popularity, dtype=torch.float32)
         self._pop_order = torch.argsort(self.popularity, descending=True, stable=True)
         if chunk_elements is None:
-            self.chunk_users = max(1, DEFAULT_CHUNK_ELEMENTS // max(1, n_items), artifact.dim)
+            self.chunk_users = default_chunk_users(n_items, artifact.dim)
         else:
             self.chunk_users = max(1, int(chunk_elements) // max(1, n_items))
 

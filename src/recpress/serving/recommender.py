@@ -231,7 +231,6 @@ class TopKRecommender:
         item_t = torch.zeros(artifact.dim, width, dtype=torch.float32)
         item_t[:, :n_items] = artifact.item_emb.T
         self.item_emb_t = item_t.to(self.device).contiguous()
-        self._item_emb_t_np = self.item_emb_t.numpy() if self.selector == "numba" else None
         self.item_ids = artifact.item_ids
         self.user_ids = artifact.user_ids
         self.user_ids_are_int = artifact.user_ids.dtype.kind in "iu"
@@ -349,7 +348,7 @@ class TopKRecommender:
             else:
                 selection.scored_topk(
                     self.user_emb.numpy()[users],
-                    self._item_emb_t_np,
+                    self.item_emb_t.numpy(),
                     users,
                     self._indptr_np,
                     self._indices_np,

@@ -870,12 +870,15 @@ def _z_text(z: float) -> str:
 
 def _reference_bullets(cells: list[dict]) -> list[str]:
     """Markdown bullets, one per logged cell: our mean vs the log, reached or not, z."""
-    return [
-        f"* d={c['dim']} {c['method']}: ours {c['ours']:.4f} ({c['n']} seeds) vs log "
-        f"{c['log']:.4f}: {'reached' if c['reached'] else 'NOT reached'}"
-        + (f", {_z_text(c['z'])}" if _z_text(c["z"]) else "")
-        for c in cells
-    ] + [""]
+    lines = []
+    for c in cells:
+        z_text = _z_text(c["z"])
+        lines.append(
+            f"* d={c['dim']} {c['method']}: ours {c['ours']:.4f} ({c['n']} seeds) vs log "
+            f"{c['log']:.4f}: {'reached' if c['reached'] else 'NOT reached'}"
+            + (f", {z_text}" if z_text else "")
+        )
+    return lines + [""]
 
 
 def _reference_summary(cells: list[dict]) -> list[str]:

@@ -311,8 +311,8 @@ def main() -> None:
             "torch": torch.__version__,
             "python": platform.python_version(),
             "machine": platform.machine(),
-            # two OpenMP runtimes share the process (torch's for the products, numba's for the
-            # top-k); how their threads wait between regions moves the student's time up to 3x
+            # how OpenMP threads wait between regions: it moved the student's time up to 3x while
+            # torch's and numba's runtimes alternated per chunk (before the one-pool batch path)
             "openmp_env": {
                 v: os.environ.get(v)
                 for v in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "NUMBA_THREADING_LAYER")

@@ -269,9 +269,15 @@ class Knowledge:
     def score_items(
         self, users: torch.Tensor, items: torch.Tensor, needed_by: str | None = None
     ) -> torch.Tensor:
-        """Teacher scores (B, K) of items (B, K) for users (B,), no grad."""
+        """Teacher scores (B, K) of items (B, K) for users (B,), no grad.
+
+        The ids may live on any device: they are moved to the teacher's, and the scores come
+        back on the device of ``users``.
+        """
         self._need("scores", needed_by)
-        return self.teacher.score_items(users, items).detach()
+        dev = self._device()
+        scores = self.teacher.score_items(users.to(dev), items.to(dev)).detach()
+        return scores.to(users.device)
 
     def to(self, device: torch.device | str) -> Knowledge:
         """Move the teacher (and cached embeddings) to `device`; lists stay on the CPU."""

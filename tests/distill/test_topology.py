@@ -14,6 +14,7 @@ from recpress.distill.topology import (
     HTD,
     ftd_loss,
     htd_entity_loss,
+    htd_entity_loss_dense,
     htd_group_loss,
     mix_experts,
 )
@@ -117,6 +118,8 @@ def test_entity_term_unbalanced_groups(tiny, pair_filter, gram):
     groups = torch.tensor([0] * 7 + [5, 5, 1, 2, 2])  # sizes 7, 2, 2, 1: three size buckets
     got = float(htd_entity_loss(es, _normed(et), groups, pair_filter, gram=gram))
     assert got == pytest.approx(slow_entity(es, et, groups, pair_filter), rel=1e-9)
+    dense = float(htd_entity_loss_dense(es, _normed(et), groups, pair_filter))
+    assert dense == pytest.approx(slow_entity(es, et, groups, pair_filter), rel=1e-9)
 
 
 @pytest.mark.parametrize("pair_filter", ["all", "teacher_positive"])
@@ -133,9 +136,13 @@ def test_entity_term_gradients_pairs_vs_gram_vs_autograd(pair_filter):
     keep = same & (at > 0) if pair_filter == "teacher_positive" else same
     ref = ((ns @ ns.T - at).square() * keep).sum()
     ref.backward()
-    for gram in [False, True] if pair_filter == "all" else [False]:
+    forms = [False, True] if pair_filter == "all" else [False]
+    for gram in [*forms, "dense"]:
         x = es.clone().requires_grad_()
-        got = htd_entity_loss(x, nt, groups, pair_filter, gram=gram)
+        if gram == "dense":
+            got = htd_entity_loss_dense(x, nt, groups, pair_filter)
+        else:
+            got = htd_entity_loss(x, nt, groups, pair_filter, gram=gram)
         got.backward()
         assert float(got.detach()) == pytest.approx(float(ref.detach()), rel=1e-10)
         assert torch.allclose(x.grad, ns_ref.grad, atol=1e-10)
@@ -410,7 +417,8 @@ FLAG_COMBOS = list(
 
 @pytest.mark.parametrize("choice,pair_filter,include_own,detach", FLAG_COMBOS)
 @pytest.mark.parametrize("epoch", [0, 7])
-def test_htd_matches_explicit_every_flag(choice, pair_filter, include_own, detach, epoch):
+@pytest.mark.parametrize("layout", ["grouped", "dense"])
+def test_htd_matches_explicit_every_flag(choice, pair_filter, include_own, detach, epoch, layout):
     tu, ti, student, batch = _setup()
     htd = HTD(
         n_groups=2,
@@ -419,6 +427,7 @@ def test_htd_matches_explicit_every_flag(choice, pair_filter, include_own, detac
         group_include_own=include_own,
         detach_prototypes=detach,
         expert_threshold=0.0,
+        layout=layout,
     ).double()
     htd.prepare(None, None, _FixedKnowledge(tu, ti), student=student)
     htd.double()
@@ -451,6 +460,53 @@ def test_htd_gradients_reach_student_and_aux_only():
     # aux = 2 sides × [K experts (d_s·h + h + h·d_t + d_t) + selector (d_t·K + K)], h = 4
     h = (6 + 3) // 2
     assert htd.num_aux_parameters() == 2 * (2 * (3 * h + h + h * 6 + 6) + 6 * 2 + 2)
+
+
+@pytest.mark.parametrize("preset", ["reference", "paper"])
+@pytest.mark.parametrize("epoch", [0, 16, 60])
+def test_htd_dense_layout_matches_grouped(preset, epoch):
+    """Same terms and gradients from both layouts on a larger batch with skewed groups. From
+    epoch 16 (τ ≈ 0.03) the Gumbel weights are near one-hot, so the grouped layout dispatches the
+    experts sparsely (threshold 1e-7) while the dense one zeroes the same skipped weights (at
+    epoch 16 some of them are tiny but not zero)."""
+    g = torch.Generator().manual_seed(3)
+    n_u, n_i = 40, 60
+    tu = torch.randn(n_u, 12, generator=g, dtype=D)
+    ti = torch.randn(n_i, 12, generator=g, dtype=D)
+    batch = TripletBatch(
+        torch.randint(0, n_u, (64,), generator=g),
+        torch.randint(0, n_i, (64,), generator=g),
+        torch.randint(0, n_i, (64,), generator=g),
+    )
+    results = {}
+    for layout in ("grouped", "dense"):
+        student = _student(n_u, n_i, 4)
+        htd = HTD(n_groups=5, preset=preset, layout=layout, seed=0)
+        htd.prepare(None, None, _FixedKnowledge(tu, ti), student=student)
+        htd.double()
+        htd.on_epoch_start(student, epoch, torch.Generator().manual_seed(9))
+        assert htd.uses_dense_layout(tu) == (layout == "dense")
+        terms = htd.terms(student, batch, epoch)
+        sum(terms.values()).backward()
+        grads = [student.user_emb.weight.grad.to_dense(), student.item_emb.weight.grad.to_dense()]
+        grads += [p.grad for p in htd.parameters()]
+        results[layout] = ({k: float(v.detach()) for k, v in terms.items()}, grads)
+    (t_g, g_g), (t_d, g_d) = results["grouped"], results["dense"]
+    for key in t_g:
+        assert t_d[key] == pytest.approx(t_g[key], rel=1e-9), key
+    for a, b in zip(g_g, g_d, strict=True):
+        assert torch.allclose(a, b, rtol=1e-7, atol=1e-9)
+
+
+def test_htd_auto_layout_is_grouped_on_cpu_and_dense_only_where_it_fits():
+    htd = HTD()
+    assert not htd.uses_dense_layout(torch.zeros(10, 3))
+    meta = torch.empty(10, 3, device="meta")  # any non-CPU device
+    assert htd.uses_dense_layout(meta)
+    assert not htd.uses_dense_layout(torch.empty(8193, 3, device="meta"))
+    assert HTD(layout="dense").uses_dense_layout(torch.zeros(10, 3))
+    with pytest.raises(ValueError, match="layout must be one of auto, grouped, dense"):
+        HTD(layout="sparse")
 
 
 def test_htd_presets_and_validation():

@@ -151,12 +151,16 @@ def mix_experts(
     as τ anneals, so this cuts the expert cost up to M-fold; the result differs from the dense
     mixture by at most Σ_skipped w_m·‖E_m(e^s)‖. ``threshold=0`` is the exact dense mixture
     (`dense_mixture`). When more than ``dense_above`` of the pairs are kept, the dense GEMMs
-    (with the skipped weights zeroed) are used instead, which is faster there.
+    (with the skipped weights zeroed) are used instead, which is faster there; ``dense_above=0``
+    always takes them, without reading the kept count on the host (no device sync: the fast
+    choice on GPUs, where the sparse dispatch is bound by kernel launches).
     Gradients reach ``student``, ``weights`` and the bank's expert parameters.
     """
     weights = weights.to(student.dtype)
     if threshold <= 0:
         return dense_mixture(bank, student, weights)
+    if dense_above <= 0:
+        return dense_mixture(bank, student, weights * (weights > threshold))
     keep = weights > threshold
     n_kept = int(keep.sum())
     if n_kept > dense_above * keep.numel():

@@ -69,9 +69,15 @@ __all__ = [
     "batch_entities",
     "ftd_loss",
     "htd_entity_loss",
+    "htd_entity_loss_dense",
     "htd_group_loss",
     "mix_experts",
 ]
+
+#: HTD's ways to compute its terms (same result); see `HTD`
+HTD_LAYOUTS = ("auto", "grouped", "dense")
+#: largest batch (users + items) the "auto" layout computes densely: three n×n fp32 buffers
+DENSE_MAX_ENTITIES = 8192
 
 HTD_PRESETS: dict[str, dict[str, object]] = {
     "paper": {"pair_filter": "all", "group_include_own": False, "detach_prototypes": False},
@@ -273,6 +279,34 @@ def htd_entity_loss(
     return total
 
 
+def htd_entity_loss_dense(
+    student: torch.Tensor,
+    teacher_normed: torch.Tensor,
+    groups: torch.Tensor,
+    pair_filter: str = "all",
+) -> torch.Tensor:
+    """`htd_entity_loss` on the full pair matrix: ‖M ⊙ (N_s N_sᵀ − N_t N_tᵀ)‖²_F, with
+    M_ab = [g_a = g_b] (· [cos_t(a, b) > 0] with ``pair_filter="teacher_positive"``).
+
+    The same value and gradients as the grouped form, in a handful of large kernels and no host
+    sync, for O(n²) memory (three (n, n) buffers): the fast form on GPUs, where the grouped
+    form's per-bucket loops are bound by kernel launches.
+    student (n, d_s) raw, teacher_normed (n, d_t), groups (n,) → scalar.
+    """
+    if pair_filter not in ("all", "teacher_positive"):
+        raise ValueError(f"pair_filter must be 'all' or 'teacher_positive', got {pair_filter!r}")
+    ns = _normalize(student)
+    nt = teacher_normed.to(ns.dtype)
+    with torch.no_grad():
+        bt = nt @ nt.T
+        mask = groups.unsqueeze(1) == groups.unsqueeze(0)
+        if pair_filter == "teacher_positive":
+            mask &= bt > 0
+        mask = mask.to(bt.dtype)
+    p = ns.unsqueeze(0)
+    return _TilePairLoss.apply(p, p, bt.unsqueeze(0), mask.unsqueeze(0))
+
+
 def htd_group_loss(
     student: torch.Tensor,
     teacher: torch.Tensor,
@@ -425,6 +459,12 @@ class HTD(_TopologyBase):
         hidden_dim: expert hidden width (default ⌊(d_t + d_s)/2⌋).
         expert_precision: "fp32" (exact) or "bf16" (dense expert GEMMs under bfloat16
             autocast, ~1.8x faster where the hardware has bf16; see `ExpertBank`).
+        layout: how the entity and group-assignment terms are computed, with the same result:
+            "grouped" (same-group pair blocks, experts run only on their entities: least
+            arithmetic, the fast form on CPUs), "dense" (one masked n×n pair matrix and the
+            dense expert GEMMs with the skipped weights zeroed: few large kernels and no host
+            sync, the fast form on GPUs) or "auto" (dense on an accelerator when the batch has
+            at most `DENSE_MAX_ENTITIES` entities, else grouped).
         student_dim: d_s, if known at construction (else given to ``prepare``).
         seed: seed of the expert initialisation (default: the one given by ``bind_student``,
             derived from the run seed).
@@ -445,10 +485,12 @@ class HTD(_TopologyBase):
         expert_threshold: float = 1e-7,
         hidden_dim: int | None = None,
         expert_precision: str = "fp32",
+        layout: str = "auto",
         student_dim: int | None = None,
         seed: int | None = None,
     ) -> None:
         super().__init__()
+        self.layout = check_choice("layout", layout, HTD_LAYOUTS)
         if preset not in HTD_PRESETS:
             raise ValueError(f"preset must be one of {sorted(HTD_PRESETS)}, got {preset!r}")
         if choice not in ("second", "first"):
@@ -532,6 +574,12 @@ class HTD(_TopologyBase):
     def tau(self, epoch: int) -> float:
         return annealed_tau(epoch, self.tau_max_epochs)
 
+    def uses_dense_layout(self, entities: torch.Tensor) -> bool:
+        """Whether a batch with these entity rows (n, ·) is computed in the dense layout."""
+        if self.layout != "auto":
+            return self.layout == "dense"
+        return entities.device.type != "cpu" and entities.shape[0] <= DENSE_MAX_ENTITIES
+
     def on_epoch_start(self, student: Recommender, epoch: int, generator: torch.Generator):
         self._generator = generator
         if self.user_bank is None:
@@ -550,7 +598,9 @@ class HTD(_TopologyBase):
         alpha_u = self.user_bank.selection(et[:n_u])
         alpha_i = self.item_bank.selection(et[n_u:])
         groups = torch.cat([alpha_u.detach().argmax(1), alpha_i.detach().argmax(1) + self.n_groups])
-        ent = htd_entity_loss(es, nt, groups, self.pair_filter)
+        dense = self.uses_dense_layout(es)
+        entity_loss = htd_entity_loss_dense if dense else htd_entity_loss
+        ent = entity_loss(es, nt, groups, self.pair_filter)
         grp = htd_group_loss(
             es, et, groups, self.choice, self.group_include_own, self.detach_prototypes
         )
@@ -561,7 +611,7 @@ class HTD(_TopologyBase):
             (self.item_bank, alpha_i, es[n_u:], et[n_u:]),
         ):
             z = gumbel_softmax(torch.log(alpha + 1e-10), tau, self._generator)
-            recon = mix_experts(bank, s, z, self.expert_threshold)
+            recon = mix_experts(bank, s, z, self.expert_threshold, 0.0 if dense else 0.7)
             ga = ga + (t - recon).square().sum()
         return {"ent": ent, "grp": grp, "ga": ga}
 

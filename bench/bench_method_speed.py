@@ -10,6 +10,12 @@ checkpointing are not included. Writes bench/results/method_speed.json and metho
 
     RECPRESS_DATA=../shared/datasets python bench/bench_method_speed.py \\
         --teacher runs/td-citeulike/teacher [--steps 12] [--rounds 3] [--optimizer reference]
+
+``--device cuda`` times the same loop on a GPU (synchronised before and after each timed span;
+the teacher, student and distillers live on the GPU as in a sweep run there). ``--profile
+METHOD`` then records ``--steps`` batches of that method at each timed epoch with
+torch.profiler and writes the operator tables (self CPU time, self device time) to
+``<out>.<METHOD>.profile.txt``.
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--optimizer", default="reference", choices=["reference", "lazy"])
     p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--profile", default=None, help="a method to profile after the timing")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "method_speed.json")
     return p.parse_args(argv)
 
@@ -53,7 +61,9 @@ def parse_args(argv=None):
 class Arm:
     """One student (+ its distillers and optimiser) that can train a few batches at any epoch."""
 
-    def __init__(self, method: str, split, knowledge, dim: int, optimizer: str) -> None:
+    def __init__(
+        self, method: str, split, knowledge, dim: int, optimizer: str, device: torch.device
+    ) -> None:
         from recpress.distill import make_distillers, prepare_distillers
         from recpress.models import BPRMF
         from recpress.training.optim import make_optimizer
@@ -62,6 +72,8 @@ class Arm:
         self.generator = torch.Generator().manual_seed(0)
         self.model = BPRMF(dim)
         self.model.build(split.n_users, split.n_items, self.generator)
+        self.model.to(device)
+        self.device = device
         self.distillers = []
         spec, _, precision = method.partition("@")
         if spec != "none":
@@ -73,6 +85,8 @@ class Arm:
                         params[n]["expert_precision"] = precision
             self.distillers = make_distillers(spec, None, params)
             prepare_distillers(self.distillers, knowledge, split, student=self.model, seed=0)
+            for d, _ in self.distillers:
+                d.to(device)
         params = list(self.model.parameters())
         for d, _ in self.distillers:
             params += list(d.parameters())
@@ -85,7 +99,8 @@ class Arm:
 
         for d, _ in self.distillers:
             d.on_epoch_start(self.model, epoch, self.generator)
-        users, pos, neg = epoch_triples(self.split, self.generator, torch.device("cpu"))
+        users, pos, neg = epoch_triples(self.split, self.generator, self.device)
+        sync(self.device)
         t0 = time.perf_counter()
         for s in range(0, steps * 1024, 1024):
             batch = TripletBatch(users[s : s + 1024], pos[s : s + 1024], neg[s : s + 1024])
@@ -95,19 +110,47 @@ class Arm:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+        sync(self.device)
         return (time.perf_counter() - t0) / steps
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def profile_method(arm: Arm, steps: int, path: Path) -> None:
+    """torch.profiler tables of `steps` batches at each timed epoch, written to `path`."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if arm.device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    parts = []
+    for phase, epoch in EPOCHS.items():
+        with profile(activities=activities) as prof:
+            seconds = arm.seconds_per_batch(epoch, steps)
+        averages = prof.key_averages()
+        parts.append(f"## {arm.method}, {phase} (epoch {epoch}): {seconds * 1e3:.2f} ms per batch")
+        parts.append(averages.table(sort_by="self_cpu_time_total", row_limit=30))
+        if arm.device.type == "cuda":
+            parts.append(averages.table(sort_by="self_device_time_total", row_limit=20))
+    path.write_text("\n\n".join(parts) + "\n")
+    print(f"wrote {path}")
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     from recpress.distill.teachers import load_teacher
     from recpress.experiments.run import load_run
+    from recpress.training.trainer import resolve_device
 
+    device = resolve_device(args.device)
     _, _, split = load_run(args.teacher)
-    knowledge = load_teacher(args.teacher, split)
+    knowledge = load_teacher(args.teacher, split).to(device)
     batches = -(-int(split.train.nnz) // 1024)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    arms = {m: Arm(m, split, knowledge, args.dim, args.optimizer) for m in methods}
+    arms = {m: Arm(m, split, knowledge, args.dim, args.optimizer, device) for m in methods}
     times: dict = {m: {phase: [] for phase in EPOCHS} for m in methods}
     for arm in arms.values():  # warm-up: first-call costs (allocations, teacher lists)
         arm.seconds_per_batch(0, 2)
@@ -142,15 +185,17 @@ def main(argv=None) -> None:
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
             "python": platform.python_version(),
+            "device": str(device),
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         },
         "seconds_per_epoch": rows,
         "raw_seconds_per_batch": times,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
+    where = out["machine"]["gpu"] if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     md = [
-        f"# Seconds per epoch, student d={args.dim}, {args.optimizer} Adam, "
-        f"{torch.get_num_threads()} threads",
+        f"# Seconds per epoch, student d={args.dim}, {args.optimizer} Adam, {where}",
         "",
         f"epoch {EPOCHS['early']} (τ = 1) and epoch {EPOCHS['late']} (τ annealed); "
         f"{batches} batches of 1024; median of {args.rounds} rounds of {args.steps} batches.",
@@ -176,6 +221,12 @@ def main(argv=None) -> None:
             )
         )
     print(f"wrote {args.out}")
+    if args.profile:
+        if args.profile not in arms:
+            raise SystemExit(f"error: --profile {args.profile} is not among --methods")
+        profile_method(
+            arms[args.profile], args.steps, args.out.with_suffix(f".{args.profile}.profile.txt")
+        )
 
 
 if __name__ == "__main__":

@@ -100,6 +100,7 @@ def main() -> None:
         "torch": torch.__version__,
         "platform": platform.platform(),
         "device": cfg.students.train.device,
+        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
     Path(args.result).parent.mkdir(parents=True, exist_ok=True)
     Path(args.result).write_text(json.dumps(result, indent=2) + "\n")

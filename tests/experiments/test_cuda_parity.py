@@ -19,6 +19,7 @@ import torch
 from safetensors.numpy import load_file
 
 from recpress.experiments.sweep import SweepConfig, run_sweep
+from tests.experiments.grids import TRAIN as SWEEP_TRAIN
 
 #: one composed or single method per distiller family (all ten registered distillers)
 METHODS = [
@@ -28,15 +29,7 @@ METHODS = [
 #: methods whose draws are made on the data's device (same distribution, other stream)
 DEVICE_STREAM = {"dcd"}
 
-TRAIN = {
-    "epochs": 3,
-    "eval_every": 1,
-    "selection": "fixed_epochs",
-    "patience": None,
-    "ks": [10, 50],
-    "lr": 0.01,
-    "batch_size": 2048,
-}
+TRAIN = {**SWEEP_TRAIN, "batch_size": 2048}  # the settings verified on the H200
 
 
 def grid(student_device: str) -> dict:

@@ -25,16 +25,7 @@ from recpress.experiments.sweep import (
     prepare_sweep_dir,
     run_sweep,
 )
-
-TRAIN = {
-    "epochs": 3,
-    "eval_every": 1,
-    "selection": "fixed_epochs",
-    "patience": None,
-    "ks": [10, 50],
-    "lr": 0.01,
-    "batch_size": 4096,
-}
+from tests.experiments.grids import TRAIN
 
 
 def tiny_config(**students) -> dict:

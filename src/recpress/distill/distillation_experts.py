@@ -19,6 +19,7 @@ import torch
 from recpress.distill.base import Distiller
 from recpress.distill.common import check_choice
 from recpress.distill.experts import (
+    DENSE_ABOVE,
     EXPERT_PRECISIONS,
     ExpertBank,
     annealed_tau,
@@ -47,7 +48,7 @@ def expert_mixture(
     if sparse is False:
         return dense_mixture(bank, student, z)
     thr = SPARSE_EPS / bank.n_experts
-    return mix_experts(bank, student, z, threshold=thr, dense_above=1.0 if sparse else 0.7)
+    return mix_experts(bank, student, z, threshold=thr, dense_above=1.0 if sparse else DENSE_ABOVE)
 
 
 def expert_error(

@@ -136,12 +136,16 @@ def dense_mixture(bank: ExpertBank, x: torch.Tensor, w: torch.Tensor) -> torch.T
     return out.to(x.dtype)
 
 
+#: `mix_experts` runs the dense GEMMs when more than this share of (entity, expert) pairs is kept
+DENSE_ABOVE = 0.7
+
+
 def mix_experts(
     bank: ExpertBank,
     student: torch.Tensor,
     weights: torch.Tensor,
     threshold: float = 0.0,
-    dense_above: float = 0.7,
+    dense_above: float = DENSE_ABOVE,
 ) -> torch.Tensor:
     """Σ_m w_m·E_m(e^s) for every entity: student (n, d_s), weights (n, M) → (n, d_t).
 

@@ -45,6 +45,7 @@ from recpress.data.types import Split
 from recpress.distill.base import Distiller
 from recpress.distill.common import check_choice
 from recpress.distill.experts import (
+    DENSE_ABOVE,
     EXPERT_PRECISIONS,
     ExpertBank,
     annealed_tau,
@@ -611,7 +612,7 @@ class HTD(_TopologyBase):
             (self.item_bank, alpha_i, es[n_u:], et[n_u:]),
         ):
             z = gumbel_softmax(torch.log(alpha + 1e-10), tau, self._generator)
-            recon = mix_experts(bank, s, z, self.expert_threshold, 0.0 if dense else 0.7)
+            recon = mix_experts(bank, s, z, self.expert_threshold, 0.0 if dense else DENSE_ABOVE)
             ga = ga + (t - recon).square().sum()
         return {"ent": ent, "grp": grp, "ga": ga}
 

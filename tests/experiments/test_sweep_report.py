@@ -189,6 +189,15 @@ def test_grid_change_keeps_finished_runs(finished_sweep, tmp_path):
         ({"report": {"selections": ["last"]}}, "report.selections.0: must be one of"),
         ({"students": {"dims": [0]}}, "students.dims"),
         ({"teacher": {"train": {"selection": "best"}}}, "teacher.train.selection: must be one"),
+        (
+            {"students": {"params": {"htd": {"preset": "reference", "layout": "sparse"}}}},
+            r"students.params.htd \(method 'htd'\).*layout must be one of auto, grouped, dense",
+        ),
+        ({"students": {"params": {"hdt": {}}}}, "students.params names hdt, which is not a method"),
+        (
+            {"students": {"arms": {"x": {"method": "htd", "params": {"htd": {"preset": "b"}}}}}},
+            r"students.arms.x.params.htd \(method 'x'\).*preset must be one of",
+        ),
     ],
 )
 def test_bad_config_names_key_and_allowed(tmp_path, patch, needle):
@@ -202,15 +211,31 @@ def test_bad_config_names_key_and_allowed(tmp_path, patch, needle):
                     data[section][k] = v
         else:
             data[section] = values
+    if "arms" in patch.get("students", {}):
+        data["students"]["methods"].append("x")
     with pytest.raises(ConfigError, match=needle):
         load_sweep_config(write_cfg(tmp_path / "c.yaml", data))
 
 
-def test_bad_method_param_is_a_config_error(env, tmp_path):
+def test_bad_method_param_is_reported_before_anything_trains(env, tmp_path, capsys):
+    """A bad KD parameter fails when the config is read: one error line, exit 2, no sweep
+    directory and no teacher run."""
+    from recpress.cli import main
+
     data = tiny_config(params={"htd": {"pair_filter": "positive"}})
-    cfg = load_sweep_config(write_cfg(tmp_path / "c.yaml", data))
-    with pytest.raises(ConfigError, match="pair_filter"):
-        run_sweep(cfg, tmp_path / "s", progress=False, only=["htd"])
+    path = write_cfg(tmp_path / "c.yaml", data)
+    with pytest.raises(ConfigError, match="students.params.htd.*pair_filter"):
+        load_sweep_config(path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", str(path), "--out", str(tmp_path / "s"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "pair_filter" in err and "Traceback" not in err
+    assert not (tmp_path / "s").exists()
+    # settings of a method that the grid does not run are allowed (a config is a palette)
+    unused = tiny_config(methods=["none", "ftd"], weights={"de": 0.01})
+    assert load_sweep_config(write_cfg(tmp_path / "u.yaml", unused)).students.weights == {
+        "de": 0.01
+    }
 
 
 def test_shipped_configs_validate():

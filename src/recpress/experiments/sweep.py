@@ -156,6 +156,7 @@ class SweepConfig(BaseModel):
             _check_method(m, f"students.methods.{i}", self.students.arms)
         for label, arm in self.students.arms.items():
             _check_method(arm.method, f"students.arms.{label}.method", {})
+        _check_method_settings(self.students)
         return self
 
     def to_yaml(self) -> str:
@@ -174,6 +175,49 @@ def _check_method(method: str, where: str, arms: dict) -> None:
             f"unknown method {method!r} at {where}; allowed: {', '.join(known)} or a "
             "composition with + (e.g. htd+rrd), or a name defined under students.arms"
         ) from None
+
+
+def _check_method_settings(s: StudentsSpec) -> None:
+    """Build every method's distillers (constructors only: cheap) so that a bad weight or
+    parameter is reported when the config is read, not after the teacher has trained."""
+    import recpress.distill  # noqa: F401  (registers the methods)
+    from recpress.distill.registry import DISTILLERS, make_distillers
+
+    for section in ("weights", "params"):
+        unknown = sorted(set(getattr(s, section)) - set(DISTILLERS))
+        if unknown:  # a typo would otherwise be ignored (unused methods' settings are allowed)
+            raise ValueError(
+                f"students.{section} names {', '.join(unknown)}, which is not a method; "
+                f"methods: {', '.join(sorted(DISTILLERS))}"
+            )
+    for method in s.methods:
+        base, weights, params = method_settings(s, method)
+        where = f"students.arms.{method}" if method in s.arms else "students"
+        try:
+            make_distillers(base, weights, params)
+        except ConfigError as err:
+            field = (err.field or "distill").replace("distill", where, 1)
+            message = str(err).removeprefix(f"{err.field}: ") if err.field else str(err)
+            raise ValueError(f"{field} (method {method!r}): {message}") from None
+
+
+def method_settings(
+    s: StudentsSpec, method: str
+) -> tuple[str, dict[str, float], dict[str, dict[str, Any]]]:
+    """(registered method, KD weights, KD params) of a grid method or arm: the grid's weights and
+    params of its component methods, overridden by the arm's own."""
+    from recpress.distill.registry import parse_method
+
+    arm = s.arms.get(method)
+    base_method = arm.method if arm else method
+    names = parse_method(base_method)
+    weights = _component_dict(names, s.weights)
+    params = {k: dict(v) for k, v in _component_dict(names, s.params).items()}
+    if arm:
+        weights.update(arm.weights)
+        for k, v in arm.params.items():
+            params.setdefault(k, {}).update(v)
+    return base_method, weights, params
 
 
 def load_sweep_config(path: str | Path, assignments: list[str] | None = None) -> SweepConfig:
@@ -213,9 +257,7 @@ def student_run_config(cfg: SweepConfig, teacher_dir: Path, dim: int, method: st
     from recpress.distill.registry import parse_method
 
     s = cfg.students
-    arm = s.arms.get(method)
-    base_method = arm.method if arm else method
-    names = parse_method(base_method)
+    base_method, weights, params = method_settings(s, method)
     model = ModelConfig(
         name=s.model or cfg.teacher.model.name,
         embedding_dim=dim,
@@ -223,13 +265,7 @@ def student_run_config(cfg: SweepConfig, teacher_dir: Path, dim: int, method: st
     )
     train = s.train.model_copy(update={"seed": int(seed)})
     distill = None
-    if names:
-        weights = _component_dict(names, s.weights)
-        params = {k: dict(v) for k, v in _component_dict(names, s.params).items()}
-        if arm:
-            weights.update(arm.weights)
-            for k, v in arm.params.items():
-                params.setdefault(k, {}).update(v)
+    if parse_method(base_method):
         distill = DistillConfig(
             teacher=str(teacher_dir.resolve()),
             method=base_method,

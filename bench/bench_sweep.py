@@ -30,6 +30,7 @@ import torch
 
 from recpress.experiments.rundir import read_json
 from recpress.experiments.sweep import load_sweep_config, plan, run_sweep
+from recpress.training.trainer import resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,6 +66,7 @@ def main() -> None:
     total = time.perf_counter() - t0
     load_end = os.getloadavg()
 
+    student_device = resolve_device(cfg.students.train.device)
     runs = []
     for spec in plan(cfg, out):
         m = read_json(spec.path / "metrics.json")
@@ -99,8 +101,10 @@ def main() -> None:
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "platform": platform.platform(),
-        "device": cfg.students.train.device,
-        "cuda_device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "device": str(student_device),
+        "cuda_device": (
+            torch.cuda.get_device_name(student_device) if student_device.type == "cuda" else None
+        ),
     }
     Path(args.result).parent.mkdir(parents=True, exist_ok=True)
     Path(args.result).write_text(json.dumps(result, indent=2) + "\n")

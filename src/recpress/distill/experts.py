@@ -163,11 +163,9 @@ def mix_experts(
     weights = weights.to(student.dtype)
     if threshold <= 0:
         return dense_mixture(bank, student, weights)
-    if dense_above <= 0:
-        return dense_mixture(bank, student, weights * (weights > threshold))
     keep = weights > threshold
-    n_kept = int(keep.sum())
-    if n_kept > dense_above * keep.numel():
+    # dense_above <= 0 short-circuits before the kept count is read (a device sync)
+    if dense_above <= 0 or int(keep.sum()) > dense_above * keep.numel():
         return dense_mixture(bank, student, weights * keep)
     # (entity, expert) pairs sorted by expert: one gather, contiguous per-expert chunks
     experts, rows = torch.nonzero(keep.T, as_tuple=True)

@@ -75,6 +75,8 @@ __all__ = [
     "mix_experts",
 ]
 
+#: which same-group pairs HTD's entity term sums: all of them, or those with teacher cosine > 0
+PAIR_FILTERS = ("all", "teacher_positive")
 #: HTD's ways to compute its terms (same result); see `HTD`
 HTD_LAYOUTS = ("auto", "grouped", "dense")
 #: largest batch (users + items) the "auto" layout computes densely: three n×n fp32 buffers
@@ -239,8 +241,7 @@ def htd_entity_loss(
     costs O(n_g·d²) instead of O(n_g²·d); ``gram=None`` picks the cheaper form per group,
     ``True``/``False`` forces it (the filter needs the pairs, so it always uses them).
     """
-    if pair_filter not in ("all", "teacher_positive"):
-        raise ValueError(f"pair_filter must be 'all' or 'teacher_positive', got {pair_filter!r}")
+    check_choice("pair_filter", pair_filter, PAIR_FILTERS)
     ns = _normalize(student)
     nt = teacher_normed.to(ns.dtype)
     d_s, d_t = ns.shape[1], nt.shape[1]
@@ -294,8 +295,7 @@ def htd_entity_loss_dense(
     form's per-bucket loops are bound by kernel launches.
     student (n, d_s) raw, teacher_normed (n, d_t), groups (n,) → scalar.
     """
-    if pair_filter not in ("all", "teacher_positive"):
-        raise ValueError(f"pair_filter must be 'all' or 'teacher_positive', got {pair_filter!r}")
+    check_choice("pair_filter", pair_filter, PAIR_FILTERS)
     ns = _normalize(student)
     nt = teacher_normed.to(ns.dtype)
     with torch.no_grad():
@@ -504,10 +504,7 @@ class HTD(_TopologyBase):
         ):
             if value is not None:
                 flags[key] = value
-        if flags["pair_filter"] not in ("all", "teacher_positive"):
-            raise ValueError(
-                f"pair_filter must be 'all' or 'teacher_positive', got {flags['pair_filter']!r}"
-            )
+        check_choice("pair_filter", flags["pair_filter"], PAIR_FILTERS)
         if int(n_groups) < 1:
             raise ValueError(f"n_groups must be >= 1, got {n_groups}")
         if not 0.0 <= float(gamma) <= 1.0:

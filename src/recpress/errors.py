@@ -33,6 +33,7 @@ class ConfigError(RecPressError):
     def __init__(self, message: str, field: str | None = None):
         super().__init__((f"{field}: " if field else "") + message)
         self.field = field
+        self.message = message  # without the field, for callers that name it their own way
 
 
 def unknown_name(

@@ -197,8 +197,7 @@ def _check_method_settings(s: StudentsSpec) -> None:
             make_distillers(base, weights, params)
         except ConfigError as err:
             field = (err.field or "distill").replace("distill", where, 1)
-            message = str(err).removeprefix(f"{err.field}: ") if err.field else str(err)
-            raise ValueError(f"{field} (method {method!r}): {message}") from None
+            raise ValueError(f"{field} (method {method!r}): {err.message}") from None
 
 
 def method_settings(

@@ -10,6 +10,7 @@ run's accuracy.
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -70,7 +71,8 @@ def student(sweep: Path, method: str) -> tuple[dict, dict[str, np.ndarray], list
     run = sweep / "runs" / "4" / method / "seed0"
     metrics = json.loads((run / "metrics.json").read_text())
     weights = load_file(str(run / "model.safetensors"))
-    losses = [float(line.split(",")[1]) for line in (run / "history.csv").read_text().split()[1:]]
+    with open(run / "history.csv", newline="") as f:
+        losses = [float(row["loss"]) for row in csv.DictReader(f)]
     return metrics, weights, losses
 
 

@@ -195,6 +195,7 @@ def test_scored_topk_leaves_thread_settings_as_found_and_rejects_bad_shapes():
 def test_kernels_are_cached_on_disk(tmp_path):
     """Each kernel must land in numba's on-disk cache (a kernel that reads a dynamic global,
     such as numba's thread count, silently recompiles in every process: seconds per start)."""
+    import os
     import subprocess
     import sys
 
@@ -208,7 +209,7 @@ def test_kernels_are_cached_on_disk(tmp_path):
         "u = np.random.rand(4, 3).astype(np.float32)\n"
         "sel.scored_topk(u, np.random.rand(3, 40).astype(np.float32), np.arange(4), *csr, 3)\n"
     )
-    env = {**__import__("os").environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "Cannot cache" not in done.stderr

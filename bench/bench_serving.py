@@ -62,6 +62,8 @@ CHUNK_ELEMENTS = (2**18, 2**19, 2**20, 2**21, 2**22, 2**23)
 #: per top-k selector, the fan-outs of the levels of maxima tried (0: one pass over the row),
 #: best kept per model: the torch path and the compiled kernel (recpress.serving.selection)
 FANOUTS = {"torch": (0, 4, 16, 64), "numba": (8, 16)}
+#: per selector, the batch products tried (see `TopKRecommender`'s ``product``)
+PRODUCTS = {"torch": ("rows",), "numba": ("rows", "tiles")}
 
 
 def ensure_run(out: Path, dim: int, epochs: int, dataset: str) -> Path:
@@ -92,41 +94,67 @@ def time_scoring(score, n_users: int, batch: int, repeats: int) -> float:
 
 
 @functools.cache
-def _products_kernel():
-    """A numba loop of the batch path's block products alone (the same BLAS call)."""
+def _products_kernels():
+    """numba loops of the batch paths' block products alone (the same BLAS calls): by the whole
+    item matrix ("rows") and strip by strip ("tiles")."""
     from numba import njit
 
     @njit(nogil=True)
-    def products(user_rows, item_t, buffer):  # pragma: no cover - compiled
+    def rows(user_rows, item_t, buffer):  # pragma: no cover - compiled
         n, block = user_rows.shape[0], buffer.shape[0]
         for start in range(0, n, block):
             stop = min(start + block, n)
             np.dot(user_rows[start:stop], item_t, buffer[: stop - start])
 
-    return products
+    @njit(nogil=True)
+    def tiles(user_rows, strips, buffer):  # pragma: no cover - compiled
+        n, block = user_rows.shape[0], buffer.shape[1]
+        for start in range(0, n, block):
+            stop = min(start + block, n)
+            for j in range(strips.shape[0]):
+                np.dot(user_rows[start:stop], strips[j], buffer[j, : stop - start])
+
+    return {"rows": rows, "tiles": tiles}
 
 
 def single_thread_split(rec: TopKRecommender, k: int, repeats: int) -> dict:
-    """The batch path on one worker at the recommender's block size, and its products alone
-    (single-threaded BLAS, same blocks): the rest is masking + selection, whose cost per user
-    does not shrink with d. Best of `repeats`."""
+    """The batch path on one worker at the recommender's block size and product, and its
+    products alone (single-threaded BLAS, same blocks): the rest is masking + selection, whose
+    cost per user does not shrink with d. Best of `repeats`."""
     from recpress.serving import selection
 
     user_rows, item_t = rec.user_emb.numpy(), rec.item_emb_t.numpy()
     users = np.arange(rec.n_users)
-    buffer = np.empty((rec.chunk_users, item_t.shape[1]), np.float32)
-    products = _products_kernel()
+    csr = (rec._indptr_np, rec._indices_np)
+    if rec.product == "tiles":
+        strips = rec._item_tiles
+        buffer = np.empty((strips.shape[0], rec.chunk_users, strips.shape[2]), np.float32)
+        matrix = strips
+
+        def select() -> None:
+            selection.tiled_scored_topk(
+                user_rows, strips, users, *csr, k, n_items=rec.n_items, threads=1,
+                block_rows=rec.chunk_users,
+            )  # fmt: skip
+    else:
+        buffer = np.empty((rec.chunk_users, item_t.shape[1]), np.float32)
+        matrix = item_t
+
+        def select() -> None:
+            selection.scored_topk(
+                user_rows, item_t, users, *csr, k, n_items=rec.n_items, threads=1,
+                block_rows=rec.chunk_users,
+            )  # fmt: skip
+
+    products = _products_kernels()[rec.product]
     full = prod = float("inf")
     for _ in range(repeats + 1):  # the first round compiles and warms up
         t0 = time.perf_counter()
-        selection.scored_topk(
-            user_rows, item_t, users, rec._indptr_np, rec._indices_np, k,
-            n_items=rec.n_items, threads=1, block_rows=rec.chunk_users,
-        )  # fmt: skip
+        select()
         full = min(full, time.perf_counter() - t0)
         with selection._blas_controller().limit(limits=1, user_api="blas"):
             t0 = time.perf_counter()
-            products(user_rows, item_t, buffer)
+            products(user_rows, matrix, buffer)
             prod = min(prod, time.perf_counter() - t0)
     # the same selection on one block of rows already in cache (the product's output is not)
     rows = user_rows[: rec.chunk_users] @ item_t
@@ -142,6 +170,7 @@ def single_thread_split(rec: TopKRecommender, k: int, repeats: int) -> dict:
         warm = min(warm, time.perf_counter() - t0)
     return {
         "block_users": rec.chunk_users,
+        "product": rec.product,
         "selection_us_per_user_on_cached_rows": round(warm / len(rows) * 1e6, 2),
         "seconds_full": round(full, 4),
         "seconds_products": round(prod, 4),
@@ -324,23 +353,31 @@ def main() -> None:
     #    its best chunk size (scores per chunk) so neither is handicapped by a cache setting
     thr: dict[str, list] = {"teacher": [], "student": []}
     arts = {"teacher": teacher, "student": student}
-    settings = [(sel, f) for sel in args.selectors.split(",") for f in FANOUTS[sel]]
+    settings = [
+        (sel, f, prod)
+        for sel in args.selectors.split(",")
+        for f in FANOUTS[sel]
+        for prod in PRODUCTS[sel]
+    ]
     for _ in range(args.repeats):
-        for selector, fanout in settings:
+        for selector, fanout, product in settings:
             trial = {
-                name: TopKRecommender(art, fanout=fanout, selector=selector)
+                name: TopKRecommender(art, fanout=fanout, selector=selector, product=product)
                 for name, art in arts.items()
             }
             for chunk in CHUNK_ELEMENTS:
                 for name, rec in trial.items():
                     rec.chunk_users = max(1, chunk // rec.n_items)
                     r = measure_throughput(rec, k=50, repeats=1)
-                    setting = {"chunk_users": rec.chunk_users, "fanout": fanout}
+                    setting = {"chunk_users": rec.chunk_users, "fanout": fanout, "product": product}
                     thr[name].append({**r, **setting, "selector": selector})
     for name in recs:
         best_run = max(thr[name], key=lambda r: r["users_per_s"])
         recs[name] = TopKRecommender(
-            arts[name], fanout=best_run["fanout"], selector=best_run["selector"]
+            arts[name],
+            fanout=best_run["fanout"],
+            selector=best_run["selector"],
+            product=best_run["product"],
         )
         recs[name].chunk_users = best_run["chunk_users"]
     # head to head: the two chosen settings alone, alternating (which model goes first too), so
@@ -406,6 +443,20 @@ def main() -> None:
         }
         by_sel[sel] = {**best_ups, "speedup": round(best_ups["student"] / best_ups["teacher"], 2)}
     out["throughput_by_selector"] = by_sel
+    # and within each product of the compiled selector (rows: the path before item strips)
+    by_product: dict = {}
+    for prod in {r["product"] for r in thr["student"] if r["selector"] == "numba"}:
+        best_ups = {
+            name: max(
+                r["users_per_s"]
+                for r in thr[name]
+                if r["selector"] == "numba" and r["product"] == prod
+            )
+            for name in thr
+        }
+        ratio = round(best_ups["student"] / best_ups["teacher"], 2)
+        by_product[prod] = {**best_ups, "speedup": ratio}
+    out["throughput_by_product"] = by_product
 
     # 2. ONNX Runtime vs PyTorch, student, all users (scores), with parity
     with tempfile.TemporaryDirectory() as tmp:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from recpress.errors import ConfigError
-from recpress.serving import TopKRecommender, UnknownUserError
+from recpress.serving import TopKRecommender, UnknownUserError, selection
 
 
 def brute_force(model, split, u: int, k: int) -> list[int]:
@@ -110,6 +110,28 @@ def test_compiled_and_torch_selectors_agree(small_artifact: Path, fanout: int, e
         assert torch.equal(one_t[finite[3:4]], tb[3:4][finite[3:4]])
 
 
+def test_tiles_and_rows_products_agree(small_artifact: Path, monkeypatch):
+    """The "tiles" batch product (items in strips) returns what the "rows" one does, for every
+    chunk size and k, including k above the strip width (then the rows path serves)."""
+    rows = TopKRecommender.load(small_artifact, product="rows")
+    assert rows.product == "rows" and rows._item_tiles is None
+    auto = TopKRecommender.load(small_artifact)  # dim 8 <= TILED_MAX_DIM
+    assert auto.product == "tiles" and auto.chunk_users == max(1, 2**18 // auto.n_items)
+    monkeypatch.setattr(selection, "TILED_MAX_DIM", auto.artifact.dim - 1)
+    assert TopKRecommender.load(small_artifact).product == "rows"
+    width = auto._item_tiles.shape[2]
+    users = torch.arange(rows.n_users)
+    for chunk in (1, 3, 64):
+        tiles = TopKRecommender.load(small_artifact, product="tiles", chunk_elements=chunk * 60)
+        for k in (1, 2, width, width + 1, 40):
+            for exclude_seen in (True, False):
+                va, ta = rows.topk_internal(users, k, exclude_seen=exclude_seen)
+                vb, tb = tiles.topk_internal(users, k, exclude_seen=exclude_seen)
+                assert torch.allclose(va, vb, rtol=1e-6, atol=1e-6)
+                finite = torch.isfinite(va)
+                assert torch.equal(ta[finite], tb[finite])
+
+
 def test_selector_choice_and_errors(small_artifact: Path):
     assert TopKRecommender.load(small_artifact).selector == "numba"
     with pytest.raises(ConfigError, match="selector must be one of auto, numba, torch"):
@@ -118,6 +140,12 @@ def test_selector_choice_and_errors(small_artifact: Path):
         TopKRecommender.load(small_artifact, selector="numba", device="meta")
     with pytest.raises(ConfigError, match="fanout must be 0 or >= 2"):
         TopKRecommender.load(small_artifact, fanout=1)
+    with pytest.raises(ConfigError, match="product must be one of auto, rows, tiles"):
+        TopKRecommender.load(small_artifact, product="strips")
+    for settings in ({"selector": "torch"}, {"fanout": 0}):
+        assert TopKRecommender.load(small_artifact, **settings).product == "rows"
+        with pytest.raises(ConfigError, match="product 'tiles' needs selector 'numba'"):
+            TopKRecommender.load(small_artifact, product="tiles", **settings)
 
 
 @pytest.mark.parametrize("fanout", [2, 3, 4])

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from recpress.serving import selection
+from recpress.serving.selection import level_sizes
 
 
 def reference(scores: np.ndarray, seen: list[np.ndarray], k: int) -> np.ndarray:
@@ -171,6 +172,67 @@ def test_scored_topk_fuses_the_product(threads: int, block_rows: int):
     np.testing.assert_allclose(values, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("ties", [False, True])
+def test_tiled_scored_topk_against_the_reference(ties: bool):
+    """The strip-by-strip product and selection (`tiled_scored_topk`) equals the full sort of
+    the product (integer embeddings: exact products, many ties) for every fan-out, depth,
+    block size and worker count, including catalogues whose last strips are empty."""
+    rng = np.random.default_rng(11 if ties else 12)
+    for _ in range(60):
+        n_users, n_items = int(rng.integers(1, 12)), int(rng.integers(1, 300))
+        dim, fanout = int(rng.integers(1, 7)), int(rng.integers(2, 17))
+        width = level_sizes(n_items, fanout, 1)[1]
+        k = int(rng.integers(1, width + 1))
+        high = 4 if ties else 1000
+        user_emb = rng.integers(-high, high, (n_users, dim)).astype(np.float32)
+        item_t = np.full((dim, n_items + 7), 1e6, np.float32)  # padding must never be read
+        item_t[:, :n_items] = rng.integers(-high, high, (dim, n_items))
+        _, seen, indptr, indices = random_case(rng, n_users, n_items, ties=True)
+        tiles = selection.item_tiles(item_t, n_items, fanout)
+        assert tiles.shape == (fanout, dim, width)
+        flat = tiles.transpose(1, 0, 2).reshape(dim, -1)  # strip j holds items j·width …
+        assert np.array_equal(flat[:, :n_items], item_t[:, :n_items])
+        assert not flat[:, n_items:].any()
+        users = rng.integers(0, n_users, int(rng.integers(1, 9)))
+        want, masked = reference(user_emb[users] @ item_t[:, :n_items], [seen[u] for u in users], k)
+        deepest = max(1, selection.choose_levels(n_items, k, fanout, max_levels=4))
+        for levels in range(1, deepest + 1):
+            values, cols = selection.tiled_scored_topk(
+                user_emb[users], tiles, users, indptr, indices, k, n_items=n_items,
+                levels=levels, threads=int(rng.integers(1, 4)),
+                block_rows=int(rng.integers(1, 5)),
+            )  # fmt: skip
+            assert np.array_equal(values, want)
+            finite = np.isfinite(values)
+            assert np.array_equal(np.take_along_axis(masked, cols, 1)[finite], values[finite])
+            assert (cols < n_items).all()
+            for r, u in enumerate(users):  # no item twice, never a seen item
+                picked = cols[r][finite[r]].tolist()
+                assert len(set(picked)) == len(picked) and not set(picked) & set(seen[u].tolist())
+
+
+def test_tiled_scored_topk_rejects_bad_input():
+    rng = np.random.default_rng(13)
+    user_emb = rng.standard_normal((5, 3)).astype(np.float32)
+    item_t = rng.standard_normal((3, 50)).astype(np.float32)
+    tiles = selection.item_tiles(item_t, 50, 8)  # 8 strips of 7 items
+    csr = (np.zeros(6, np.int64), np.zeros(0, np.int64))
+    with pytest.raises(ValueError, match="do not hold 60 items in 8 strips"):
+        selection.tiled_scored_topk(user_emb, tiles, np.arange(5), *csr, 3, n_items=60)
+    with pytest.raises(ValueError, match="tiles must be a C-contiguous float32"):
+        selection.tiled_scored_topk(
+            user_emb, tiles.transpose(1, 0, 2), np.arange(5), *csr, 3, n_items=50
+        )
+    with pytest.raises(ValueError, match="user_rows must have shape"):
+        selection.tiled_scored_topk(user_emb[:, :2], tiles, np.arange(5), *csr, 3, n_items=50)
+    with pytest.raises(ValueError, match="levels >= 1"):
+        selection.tiled_scored_topk(user_emb, tiles, np.arange(5), *csr, 3, n_items=50, levels=0)
+    with pytest.raises(ValueError, match="fewer than k=8 groups"):  # k above the strip width
+        selection.tiled_scored_topk(user_emb, tiles, np.arange(5), *csr, 8, n_items=50)
+    with pytest.raises(ValueError, match="W >= n_items"):
+        selection.item_tiles(item_t, 51, 8)
+
+
 def test_scored_topk_leaves_thread_settings_as_found_and_rejects_bad_shapes():
     from threadpoolctl import threadpool_info
 
@@ -207,11 +269,14 @@ def test_kernels_are_cached_on_disk(tmp_path):
         "sel.masked_topk(s[:1].copy(), np.arange(1), *csr, 3)\n"
         "sel.masked_topk(s.copy(), np.arange(4), *csr, 3, threads=2)\n"
         "u = np.random.rand(4, 3).astype(np.float32)\n"
-        "sel.scored_topk(u, np.random.rand(3, 40).astype(np.float32), np.arange(4), *csr, 3)\n"
+        "it = np.random.rand(3, 40).astype(np.float32)\n"
+        "sel.scored_topk(u, it, np.arange(4), *csr, 3)\n"
+        "sel.tiled_scored_topk(u, sel.item_tiles(it, 40), np.arange(4), *csr, 2, n_items=40)\n"
     )
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
     done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "Cannot cache" not in done.stderr
     cached = {p.name.split(".")[1].rsplit("-", 1)[0] for p in tmp_path.rglob("*.nbi")}
-    assert {"masked_topk_serial", "masked_topk_parallel", "scored_topk_parallel"} <= cached
+    kernels = ("masked_topk_serial", "masked_topk_parallel", "scored_topk_parallel")
+    assert {*kernels, "tiled_topk_parallel"} <= cached

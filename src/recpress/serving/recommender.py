@@ -28,6 +28,10 @@ UNKNOWN_POLICIES = ("popularity", "error")
 SELECTORS = ("auto", "numba", "torch")
 #: default fan-out of the levels of maxima per selector
 DEFAULT_FANOUT = {"numba": selection.DEFAULT_FANOUT, "torch": 4}
+#: how the "numba" selector multiplies a batch: "rows" (a block of users by the whole item
+#: matrix, `selection.scored_topk`), "tiles" (by item strips, `selection.tiled_scored_topk`),
+#: "auto" (tiles up to `selection.TILED_MAX_DIM` dims, else rows)
+PRODUCTS = ("auto", "rows", "tiles")
 
 
 class UnknownUserError(ConfigError):
@@ -117,6 +121,24 @@ def _resolve_selector(selector: str, device: torch.device) -> str:
     return "numba"
 
 
+def _resolve_product(product: str, selector: str, fanout: int, dim: int) -> str:
+    """The batch product in use: validate `product` (one of `PRODUCTS`); "rows" wherever the
+    tiles cannot serve (torch selector, fanout 0), "auto" → tiles up to TILED_MAX_DIM dims."""
+    if product not in PRODUCTS:
+        raise ConfigError(
+            f"product must be one of {', '.join(PRODUCTS)}, got {product!r}", field="product"
+        )
+    if selector != "numba" or fanout < 2:
+        if product == "tiles":
+            raise ConfigError(
+                "product 'tiles' needs selector 'numba' and fanout >= 2", field="product"
+            )
+        return "rows"
+    if product == "auto":
+        return "tiles" if dim <= selection.TILED_MAX_DIM else "rows"
+    return product
+
+
 def _hierarchy_shape(n_items: int, fanout: int) -> tuple[int, int]:
     """(levels, width): the most levels (top level >= `_MIN_TOP` groups) whose padding of the
     catalogue to a multiple of fanout**levels stays under `_MAX_PAD`; width = padded size."""
@@ -165,6 +187,8 @@ def _hierarchical_topk(
 
 #: scores per chunk of users when none is given (see `TopKRecommender`)
 DEFAULT_CHUNK_ELEMENTS = 2**21
+#: the same for the "tiles" product: a block's scores fit in a core's L2 cache
+TILED_CHUNK_ELEMENTS = 2**18
 #: the default never gives a worker's buffer more scores than this (64 MiB of float32)
 MAX_DEFAULT_CHUNK_ELEMENTS = 2**24
 
@@ -196,6 +220,11 @@ class TopKRecommender:
             levels: one selection pass over the whole catalogue). None: 16 for "numba", 4 for
             "torch" (see `recpress.serving.selection` and `_hierarchical_topk`).
         selector: one of `SELECTORS`; the attribute ``selector`` holds the one in use.
+        product: one of `PRODUCTS`, for the "numba" selector's batches; the attribute
+            ``product`` holds the one in use ("rows" under the torch selector or fanout 0).
+            With "tiles" the default chunk is 2**18 scores (`TILED_CHUNK_ELEMENTS`).
+            Measured on citeulike-t-td, one thread, all users: d=20 0.105 s (tiles, 8 users
+            per chunk) vs 0.122 s (rows, 83); d=200 0.59 s (rows) vs 0.69 s (tiles).
     """
 
     def __init__(
@@ -206,6 +235,7 @@ class TopKRecommender:
         device: str | torch.device = "cpu",
         fanout: int | None = None,
         selector: str = "auto",
+        product: str = "auto",
     ) -> None:
         if unknown not in UNKNOWN_POLICIES:
             raise ConfigError(
@@ -241,7 +271,15 @@ class TopKRecommender:
         self._indices_np = self.indices.numpy()
         self.popularity = torch.as_tensor(artifact.popularity, dtype=torch.float32)
         self._pop_order = torch.argsort(self.popularity, descending=True, stable=True)
-        if chunk_elements is None:
+        self.product = _resolve_product(product, self.selector, self.fanout, artifact.dim)
+        self._item_tiles = (
+            selection.item_tiles(self.item_emb_t.numpy(), n_items, self.fanout)
+            if self.product == "tiles"
+            else None
+        )
+        if chunk_elements is None and self.product == "tiles":
+            self.chunk_users = max(1, TILED_CHUNK_ELEMENTS // max(1, n_items))
+        elif chunk_elements is None:
             self.chunk_users = default_chunk_users(n_items, artifact.dim)
         else:
             self.chunk_users = max(1, int(chunk_elements) // max(1, n_items))
@@ -324,8 +362,9 @@ class TopKRecommender:
         self, idx: torch.Tensor, k: int, exclude_seen: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """`topk_internal` with the compiled kernels: one user is scored by torch and selected
-        on the calling thread; a batch goes through `selection.scored_topk`, whose workers
-        (torch's thread count) each multiply a block of `chunk_users` rows and select it."""
+        on the calling thread; a batch goes through `selection.tiled_scored_topk` or
+        `selection.scored_topk` (``self.product``), whose workers (torch's thread count) each
+        multiply a block of `chunk_users` rows and select it."""
         n = len(idx)
         values = np.empty((n, k), dtype=np.float32)
         items = np.empty((n, k), dtype=np.int64)
@@ -334,29 +373,25 @@ class TopKRecommender:
         users = idx.numpy()
         fanout = max(self.fanout, 2)
         levels = selection.choose_levels(self.n_items, k, fanout) if self.fanout else 0
-        common = {
-            "n_items": self.n_items,
-            "exclude_seen": exclude_seen,
-            "fanout": fanout,
-            "levels": levels,
-            "out": (values, items),
-        }
+        common = {"n_items": self.n_items, "exclude_seen": exclude_seen, "out": (values, items)}
+        csr = (self._indptr_np, self._indices_np)
+        batch = {"threads": torch.get_num_threads(), "block_rows": self.chunk_users}
         with torch.no_grad():
             if n < selection.PARALLEL_MIN_ROWS:
                 scores = torch.mm(self.user_emb[idx], self.item_emb_t).numpy()
-                selection.masked_topk(scores, users, self._indptr_np, self._indices_np, k, **common)
+                selection.masked_topk(
+                    scores, users, *csr, k, fanout=fanout, levels=levels, **common
+                )
+            elif self._item_tiles is not None and k <= self._item_tiles.shape[2]:
+                selection.tiled_scored_topk(
+                    self.user_emb.numpy()[users], self._item_tiles, users, *csr, k,
+                    levels=max(1, levels), **batch, **common,
+                )  # fmt: skip
             else:
                 selection.scored_topk(
-                    self.user_emb.numpy()[users],
-                    self.item_emb_t.numpy(),
-                    users,
-                    self._indptr_np,
-                    self._indices_np,
-                    k,
-                    threads=torch.get_num_threads(),
-                    block_rows=self.chunk_users,
-                    **common,
-                )
+                    self.user_emb.numpy()[users], self.item_emb_t.numpy(), users, *csr, k,
+                    fanout=fanout, levels=levels, **batch, **common,
+                )  # fmt: skip
         return torch.from_numpy(values), torch.from_numpy(items)
 
     def warm_up(self, k: int = 10) -> None:

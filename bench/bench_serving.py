@@ -127,30 +127,19 @@ def single_thread_split(rec: TopKRecommender, k: int, repeats: int) -> dict:
     users = np.arange(rec.n_users)
     csr = (rec._indptr_np, rec._indices_np)
     if rec.product == "tiles":
-        strips = rec._item_tiles
-        buffer = np.empty((strips.shape[0], rec.chunk_users, strips.shape[2]), np.float32)
-        matrix = strips
-
-        def select() -> None:
-            selection.tiled_scored_topk(
-                user_rows, strips, users, *csr, k, n_items=rec.n_items, threads=1,
-                block_rows=rec.chunk_users,
-            )  # fmt: skip
+        select, matrix = selection.tiled_scored_topk, rec._item_tiles
+        buffer = np.empty((matrix.shape[0], rec.chunk_users, matrix.shape[2]), np.float32)
     else:
+        select, matrix = selection.scored_topk, item_t
         buffer = np.empty((rec.chunk_users, item_t.shape[1]), np.float32)
-        matrix = item_t
-
-        def select() -> None:
-            selection.scored_topk(
-                user_rows, item_t, users, *csr, k, n_items=rec.n_items, threads=1,
-                block_rows=rec.chunk_users,
-            )  # fmt: skip
-
     products = _products_kernels()[rec.product]
     full = prod = float("inf")
     for _ in range(repeats + 1):  # the first round compiles and warms up
         t0 = time.perf_counter()
-        select()
+        select(
+            user_rows, matrix, users, *csr, k, n_items=rec.n_items, threads=1,
+            block_rows=rec.chunk_users,
+        )  # fmt: skip
         full = min(full, time.perf_counter() - t0)
         with selection._blas_controller().limit(limits=1, user_api="blas"):
             t0 = time.perf_counter()

@@ -53,7 +53,7 @@ import contextlib
 import functools
 import importlib.util
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -255,24 +255,52 @@ def scored_topk(
     """
     if not available():
         raise RuntimeError("the compiled top-k kernel needs numba: pip install numba")
-    numba, kernels = _kernels()
     if item_t.ndim != 2 or item_t.dtype != np.float32 or not item_t.flags.c_contiguous:
         raise ValueError("item_t must be a C-contiguous float32 array of shape (d, W)")
     if user_rows.ndim != 2 or user_rows.shape[1] != item_t.shape[0]:
         raise ValueError(f"user_rows must have shape (b, {item_t.shape[0]}), got {user_rows.shape}")
     b = user_rows.shape[0]
     n, out = _check_rows(b, item_t.shape[1], n_items, users, indptr, exclude_seen, k, out)
-    fanout, sizes, offs = _plan(n, k, fanout, levels)
+    width = item_t.shape[1]
+    return _run_fused(
+        "scored_topk_parallel", user_rows, item_t, users, indptr, indices, k, exclude_seen,
+        _plan(n, k, fanout, levels), out, threads, block_rows,
+        lambda workers, block: (workers, block, width),
+    )  # fmt: skip
+
+
+def _run_fused(
+    kernel: str,
+    user_rows: np.ndarray,
+    matrix: np.ndarray,
+    users: np.ndarray,
+    indptr: np.ndarray,
+    indices: np.ndarray,
+    k: int,
+    exclude_seen: bool,
+    plan: tuple[int, np.ndarray, np.ndarray],
+    out: tuple[np.ndarray, np.ndarray],
+    threads: int | None,
+    block_rows: int,
+    buffer_shape: Callable[[int, int], tuple[int, ...]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Launch a fused product + selection kernel of `_selection_kernels` on validated arguments:
+    blocks of at most `block_rows` rows (fewer where a worker would get none), one reused buffer
+    of shape ``buffer_shape(workers, block)`` per call, BLAS single-threaded meanwhile."""
+    numba, kernels = _kernels()
+    fanout, sizes, offs = plan
+    b = user_rows.shape[0]
     if b == 0:
         return out
     with _parallel_launch(numba, threads) as workers:
         workers = min(workers, b)
         block = max(1, min(int(block_rows), -(-b // workers)))
-        buffers = _scratch(workers * block * item_t.shape[1]).reshape(workers, block, -1)
+        shape = buffer_shape(workers, block)
+        buffers = _scratch(int(np.prod(shape))).reshape(shape)
         with _blas_controller().limit(limits=1, user_api="blas"):
-            kernels.scored_topk_parallel(
+            getattr(kernels, kernel)(
                 np.ascontiguousarray(user_rows, dtype=np.float32),
-                item_t,
+                matrix,
                 np.ascontiguousarray(users, dtype=np.int64),
                 bool(exclude_seen),
                 *_csr(indptr, indices),
@@ -328,7 +356,6 @@ def tiled_scored_topk(
     """
     if not available():
         raise RuntimeError("the compiled top-k kernel needs numba: pip install numba")
-    numba, kernels = _kernels()
     if tiles.ndim != 3 or tiles.dtype != np.float32 or not tiles.flags.c_contiguous:
         raise ValueError("tiles must be a C-contiguous float32 array from item_tiles()")
     fanout, dim, step = tiles.shape
@@ -342,28 +369,11 @@ def tiled_scored_topk(
         levels = max(1, choose_levels(n, k, fanout))
     if levels < 1:
         raise ValueError("tiled selection needs levels >= 1")
-    fanout, sizes, offs = _plan(n, k, fanout, levels)
-    if b == 0:
-        return out
-    with _parallel_launch(numba, threads) as workers:
-        workers = min(workers, b)
-        block = max(1, min(int(block_rows), -(-b // workers)))
-        buffers = _scratch(workers * fanout * block * step).reshape(workers, fanout, block, step)
-        with _blas_controller().limit(limits=1, user_api="blas"):
-            kernels.tiled_topk_parallel(
-                np.ascontiguousarray(user_rows, dtype=np.float32),
-                tiles,
-                np.ascontiguousarray(users, dtype=np.int64),
-                bool(exclude_seen),
-                *_csr(indptr, indices),
-                int(k),
-                fanout,
-                sizes,
-                offs,
-                buffers,
-                *out,
-            )
-    return out
+    return _run_fused(
+        "tiled_topk_parallel", user_rows, tiles, users, indptr, indices, k, exclude_seen,
+        _plan(n, k, fanout, levels), out, threads, block_rows,
+        lambda workers, block: (workers, fanout, block, step),
+    )  # fmt: skip
 
 
 _SCRATCH: list[np.ndarray] = []

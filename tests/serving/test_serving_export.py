@@ -100,6 +100,8 @@ def test_profile_run_with_teacher_ratios(ml_run: Path, tmp_path: Path) -> None:
     lat = prof["latency_ms"]
     assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"]
     assert prof["throughput"]["users_per_s"] > 0 and prof["memory"]["peak_rss_mb"] > 0
+    # d=8: the batch path multiplies by item strips, 2**18 scores per block
+    assert prof["serving_path"] == {"selector": "numba", "product": "tiles", "users_per_block": 155}
     assert prof["ratios"]["parameters"] == 1.0 and prof["teacher"]["aux_parameters"] == 0
     assert json.loads((student / "profile.json").read_text())["parameters"] == prof["parameters"]
     assert "profile" in json.loads((student / "metrics.json").read_text())

@@ -102,11 +102,18 @@ def profile_artifact(
         "throughput": measure_throughput(rec, k, repeats),
     }
     workers = torch.get_num_threads() if rec.selector == "numba" else 1  # a buffer each
+    strips = 0 if rec._item_tiles is None else int(rec._item_tiles.nbytes)  # the items again
     prof["memory"] = {
         "peak_rss_mb": _peak_rss_mb(),
         "working_set_mb": round(
-            (emb_bytes + seen_bytes + workers * rec.chunk_users * n_items * 4) / 2**20, 2
+            (emb_bytes + seen_bytes + strips + workers * rec.chunk_users * n_items * 4) / 2**20,
+            2,
         ),
+    }
+    prof["serving_path"] = {
+        "selector": rec.selector,
+        "product": rec.product,
+        "users_per_block": rec.chunk_users,
     }
     prof["environment"] = {
         "torch_threads": torch.get_num_threads(),

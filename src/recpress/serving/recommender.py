@@ -223,8 +223,9 @@ class TopKRecommender:
         product: one of `PRODUCTS`, for the "numba" selector's batches; the attribute
             ``product`` holds the one in use ("rows" under the torch selector or fanout 0).
             With "tiles" the default chunk is 2**18 scores (`TILED_CHUNK_ELEMENTS`).
-            Measured on citeulike-t-td, one thread, all users: d=20 0.105 s (tiles, 8 users
-            per chunk) vs 0.122 s (rows, 83); d=200 0.59 s (rows) vs 0.69 s (tiles).
+            Measured on citeulike-t-td, one thread, all users, top-50: d=20 0.098 s (tiles,
+            20 users per chunk) vs 0.119 s (rows, 83); d=200 0.59 s (rows, 333) vs 0.92 s
+            (tiles, 64).
     """
 
     def __init__(

@@ -32,6 +32,15 @@ def random_case(rng: np.random.Generator, rows: int, n: int, ties: bool):
     return scores, seen, indptr, indices
 
 
+def deepest_levels(n: int, k: int, fanout: int, most: int = 6) -> int:
+    """The most levels of maxima (up to `most`) that still shrink and keep >= k groups."""
+    sizes = level_sizes(n, fanout, most)
+    deepest = 0
+    while deepest < most and k <= sizes[deepest + 1] < sizes[deepest]:
+        deepest += 1
+    return deepest
+
+
 def check(scores, seen, indptr, indices, k, **kwargs):
     want, masked = reference(scores, seen, k)
     values, cols = selection.masked_topk(
@@ -56,11 +65,7 @@ def test_random_rows_every_fanout_and_depth(ties: bool):
         k = int(rng.integers(1, n + 1))
         fanout = int(rng.integers(2, 9))
         scores, seen, indptr, indices = random_case(rng, rows, n, ties)
-        deepest = 0
-        sizes = selection.level_sizes(n, fanout, 6)
-        while deepest < 6 and sizes[deepest + 1] >= k and sizes[deepest + 1] < sizes[deepest]:
-            deepest += 1
-        for levels in range(deepest + 1):
+        for levels in range(deepest_levels(n, k, fanout) + 1):
             check(scores, seen, indptr, indices, k, fanout=fanout, levels=levels)
         check(scores, seen, indptr, indices, k, fanout=fanout)  # the chosen depth
 
@@ -195,8 +200,7 @@ def test_tiled_scored_topk_against_the_reference(ties: bool):
         assert not flat[:, n_items:].any()
         users = rng.integers(0, n_users, int(rng.integers(1, 9)))
         want, masked = reference(user_emb[users] @ item_t[:, :n_items], [seen[u] for u in users], k)
-        deepest = max(1, selection.choose_levels(n_items, k, fanout, max_levels=4))
-        for levels in range(1, deepest + 1):
+        for levels in range(1, max(1, deepest_levels(n_items, k, fanout)) + 1):
             values, cols = selection.tiled_scored_topk(
                 user_emb[users], tiles, users, indptr, indices, k, n_items=n_items,
                 levels=levels, threads=int(rng.integers(1, 4)),

@@ -115,10 +115,12 @@ def test_tiles_and_rows_products_agree(small_artifact: Path, monkeypatch):
     chunk size and k, including k above the strip width (then the rows path serves)."""
     rows = TopKRecommender.load(small_artifact, product="rows")
     assert rows.product == "rows" and rows._item_tiles is None
-    auto = TopKRecommender.load(small_artifact)  # dim 8 <= TILED_MAX_DIM
+    auto = TopKRecommender.load(small_artifact)  # dim 8 <= TILED_MAX_DIM, 60 items
     assert auto.product == "tiles" and auto.chunk_users == max(1, 2**18 // auto.n_items)
-    monkeypatch.setattr(selection, "TILED_MAX_DIM", auto.artifact.dim - 1)
-    assert TopKRecommender.load(small_artifact).product == "rows"
+    for limit, value in (("TILED_MAX_DIM", 7), ("TILED_MAX_ITEMS", 59)):
+        with monkeypatch.context() as patch:
+            patch.setattr(selection, limit, value)
+            assert TopKRecommender.load(small_artifact).product == "rows"
     width = auto._item_tiles.shape[2]
     users = torch.arange(rows.n_users)
     for chunk in (1, 3, 64):

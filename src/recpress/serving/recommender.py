@@ -30,7 +30,8 @@ SELECTORS = ("auto", "numba", "torch")
 DEFAULT_FANOUT = {"numba": selection.DEFAULT_FANOUT, "torch": 4}
 #: how the "numba" selector multiplies a batch: "rows" (a block of users by the whole item
 #: matrix, `selection.scored_topk`), "tiles" (by item strips, `selection.tiled_scored_topk`),
-#: "auto" (tiles up to `selection.TILED_MAX_DIM` dims, else rows)
+#: "auto" (tiles up to `selection.TILED_MAX_DIM` dims and `selection.TILED_MAX_ITEMS` items,
+#: else rows)
 PRODUCTS = ("auto", "rows", "tiles")
 
 
@@ -121,9 +122,10 @@ def _resolve_selector(selector: str, device: torch.device) -> str:
     return "numba"
 
 
-def _resolve_product(product: str, selector: str, fanout: int, dim: int) -> str:
+def _resolve_product(product: str, selector: str, fanout: int, dim: int, n_items: int) -> str:
     """The batch product in use: validate `product` (one of `PRODUCTS`); "rows" wherever the
-    tiles cannot serve (torch selector, fanout 0), "auto" → tiles up to TILED_MAX_DIM dims."""
+    tiles cannot serve (torch selector, fanout 0); "auto" → tiles for small dims and catalogues
+    (`selection.TILED_MAX_DIM`, `selection.TILED_MAX_ITEMS`)."""
     if product not in PRODUCTS:
         raise ConfigError(
             f"product must be one of {', '.join(PRODUCTS)}, got {product!r}", field="product"
@@ -135,7 +137,8 @@ def _resolve_product(product: str, selector: str, fanout: int, dim: int) -> str:
             )
         return "rows"
     if product == "auto":
-        return "tiles" if dim <= selection.TILED_MAX_DIM else "rows"
+        small = dim <= selection.TILED_MAX_DIM and n_items <= selection.TILED_MAX_ITEMS
+        return "tiles" if small else "rows"
     return product
 
 
@@ -272,7 +275,7 @@ class TopKRecommender:
         self._indices_np = self.indices.numpy()
         self.popularity = torch.as_tensor(artifact.popularity, dtype=torch.float32)
         self._pop_order = torch.argsort(self.popularity, descending=True, stable=True)
-        self.product = _resolve_product(product, self.selector, self.fanout, artifact.dim)
+        self.product = _resolve_product(product, self.selector, self.fanout, artifact.dim, n_items)
         self._item_tiles = (
             selection.item_tiles(self.item_emb_t.numpy(), n_items, self.fanout)
             if self.product == "tiles"

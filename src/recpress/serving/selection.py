@@ -39,7 +39,7 @@ product of a few rows by one strip (a few hundred KB, in L2) runs faster than by
 matrix, and the block's scores stay in cache for the selection: on citeulike-t-td (25,181
 items, one thread) the d=20 student's all-user top-50 took 0.098 s instead of 0.119 s; the
 d=200 teacher is slower this way (0.92 s at best vs 0.59 s), so `TopKRecommender` uses strips
-only for small dims (`TILED_MAX_DIM`).
+only for small dims and catalogues (`TILED_MAX_DIM`, `TILED_MAX_ITEMS`).
 
 Ties at the k-th value keep the first candidates met. Rows with fewer than k unseen items are
 padded with value -inf (at seen columns). NaN scores count as -inf. numba is a dependency,
@@ -64,6 +64,11 @@ PARALLEL_MIN_ROWS = 2
 DEFAULT_FANOUT = 16
 #: `TopKRecommender` multiplies by item strips (`tiled_scored_topk`) up to this embedding dim
 TILED_MAX_DIM = 64
+#: ... and up to this many items: a larger catalogue leaves fewer than 2 users per block of its
+#: default 2**18 scores, and a block of 1 user reads the whole item table per user (measured,
+#: d=20, one thread, 2,000 users: 100k items 0.134 s by strips vs 0.213 s by rows; 300k items
+#: 1.24 s vs 0.68 s)
+TILED_MAX_ITEMS = 2**17
 
 # the parallel kernel is launched by one thread at a time (some numba threading layers abort on
 # concurrent launches; a 2-core machine gains nothing from two parallel batches at once)

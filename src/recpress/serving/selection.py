@@ -35,11 +35,12 @@ depending on the process).
 size of level 1, and a block of rows is multiplied one strip at a time. Row r's item g + j·s₁
 is then element [j, r, g] of the block's buffer, so level 1 is the elementwise maximum of the
 row's strips and the row never needs to exist in one piece. For a small embedding dim the
-product of a few rows by one strip (a few hundred KB, in L2) runs faster than by the whole item
-matrix, and the block's scores stay in cache for the selection: on citeulike-t-td (25,181
-items, one thread) the d=20 student's all-user top-50 took 0.098 s instead of 0.119 s; the
-d=200 teacher is slower this way (0.92 s at best vs 0.59 s), so `TopKRecommender` uses strips
-only for small dims and catalogues (`TILED_MAX_DIM`, `TILED_MAX_ITEMS`).
+product of a few rows by one strip (tens of KB of output) runs faster than by the whole item
+matrix, and a block of about 10 users' scores (1 MB) stays in L2 for the selection: on
+citeulike-t-td (25,181 items, one thread) the d=20 student's all-user top-50 took 0.098 s
+instead of 0.119 s; the d=200 teacher is slower this way (0.92 s at best vs 0.59 s), so
+`TopKRecommender` uses strips only for small dims and catalogues (`TILED_MAX_DIM`,
+`TILED_MAX_ITEMS`).
 
 Ties at the k-th value keep the first candidates met. Rows with fewer than k unseen items are
 padded with value -inf (at seen columns). NaN scores count as -inf. numba is a dependency,

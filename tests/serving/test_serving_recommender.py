@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from recpress.errors import ConfigError
-from recpress.serving import TopKRecommender, UnknownUserError, selection
+from recpress.serving import TopKRecommender, UnknownUserError, recommender
 
 
 def brute_force(model, split, u: int, k: int) -> list[int]:
@@ -119,7 +119,7 @@ def test_tiles_and_rows_products_agree(small_artifact: Path, monkeypatch):
     assert auto.product == "tiles" and auto.chunk_users == max(1, 2**18 // auto.n_items)
     for limit, value in (("TILED_MAX_DIM", 7), ("TILED_MAX_ITEMS", 59)):
         with monkeypatch.context() as patch:
-            patch.setattr(selection, limit, value)
+            patch.setattr(recommender, limit, value)
             assert TopKRecommender.load(small_artifact).product == "rows"
     width = auto._item_tiles.shape[2]
     users = torch.arange(rows.n_users)

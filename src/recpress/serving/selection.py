@@ -39,7 +39,7 @@ product of a few rows by one strip (tens of KB of output) runs faster than by th
 matrix, and a block of about 10 users' scores (1 MB) stays in L2 for the selection: on
 citeulike-t-td (25,181 items, one thread) the d=20 student's all-user top-50 took 0.098 s
 instead of 0.119 s; the d=200 teacher is slower this way (0.92 s at best vs 0.59 s), so
-`TopKRecommender` uses strips only for small dims and catalogues (`TILED_MAX_DIM`,
+`TopKRecommender` uses strips only for small dims and catalogues (its `TILED_MAX_DIM`,
 `TILED_MAX_ITEMS`).
 
 Ties at the k-th value keep the first candidates met. Rows with fewer than k unseen items are
@@ -63,13 +63,6 @@ import numpy as np
 PARALLEL_MIN_ROWS = 2
 #: default fan-out of the levels of maxima
 DEFAULT_FANOUT = 16
-#: `TopKRecommender` multiplies by item strips (`tiled_scored_topk`) up to this embedding dim
-TILED_MAX_DIM = 64
-#: ... and up to this many items: a larger catalogue leaves fewer than 2 users per block of its
-#: default 2**18 scores, and a block of 1 user reads the whole item table per user (measured,
-#: d=20, one thread, 2,000 users: 100k items 0.134 s by strips vs 0.213 s by rows; 300k items
-#: 1.24 s vs 0.68 s)
-TILED_MAX_ITEMS = 2**17
 
 # the parallel kernel is launched by one thread at a time (some numba threading layers abort on
 # concurrent launches; a 2-core machine gains nothing from two parallel batches at once)
@@ -356,7 +349,7 @@ def tiled_scored_topk(
         tiles: (fanout, d, s₁) C-contiguous float32 from `item_tiles`.
         levels: levels of maxima (>= 1; None: `choose_levels`, at least 1).
         block_rows: rows per product (each worker's buffer holds fanout × block_rows × s₁
-            floats, about block_rows score rows; 8 rows of 25k items fill half of a 2 MB L2).
+            floats, about block_rows score rows; 8 rows of 25k items, 800 KB, fit a 1 MB L2).
         the rest: as `scored_topk`.
     Raises ValueError where fewer than k level-1 groups exist (k > s₁): use `scored_topk`.
     """

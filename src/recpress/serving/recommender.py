@@ -394,7 +394,7 @@ class TopKRecommender:
             elif self._item_tiles is not None and k <= self._item_tiles.shape[2]:
                 selection.tiled_scored_topk(
                     self.user_emb.numpy()[users], self._item_tiles, users, *csr, k,
-                    levels=max(1, levels), **batch, **common,
+                    **batch, **common,
                 )  # fmt: skip
             else:
                 selection.scored_topk(

@@ -358,7 +358,7 @@ def tiled_scored_topk(
     if tiles.ndim != 3 or tiles.dtype != np.float32 or not tiles.flags.c_contiguous:
         raise ValueError("tiles must be a C-contiguous float32 array from item_tiles()")
     fanout, dim, step = tiles.shape
-    if fanout < 2 or not 1 <= n_items <= fanout * step or step != -(-n_items // fanout):
+    if fanout < 2 or n_items < 1 or step != level_sizes(n_items, fanout, 1)[1]:
         raise ValueError(f"tiles {tiles.shape} do not hold {n_items} items in {fanout} strips")
     if user_rows.ndim != 2 or user_rows.shape[1] != dim:
         raise ValueError(f"user_rows must have shape (b, {dim}), got {user_rows.shape}")

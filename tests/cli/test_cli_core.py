@@ -173,6 +173,27 @@ def test_missing_dataset_offline_says_where_to_put_it(tmp_path, monkeypatch, cap
     assert not out.exists()
 
 
+def test_ctrl_c_stops_training_with_130_and_says_how_to_resume(data_env, tmp_path):
+    """Ctrl-C (SIGINT) mid-run: exit code 130 and one line, no traceback (typer hands the
+    interruption back as a return value, which must not become a silent exit 0)."""
+    env = {**os.environ, "RECPRESS_DATA": str(data_env), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "recpress", "train", "--dataset", "ml-100k", "--dim", "16",
+               "--epochs", "2000", "--no-progress", "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    history = out / "history.csv"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (
+        history.exists() and len(history.read_text().splitlines()) >= 3
+    ):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert b"rerun the same command to resume" in err and b"Traceback" not in err
+    assert not (out / "metrics.json").exists()
+
+
 def test_kill_mid_run_then_rerun_resumes(data_env, tmp_path):
     """SIGKILL a training process mid-run; the same command continues where it stopped and
     ends with exactly the metrics of an uninterrupted run."""

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -342,3 +347,70 @@ def test_log_z_and_reference_summary():
     cells.append({"dim": 200, "method": "htd", "reached": False, "z": 2.5})
     text = _reference_summary(cells)[0]
     assert "beyond seed noise (z > 2) for d=200 htd." in text
+
+
+def _processes() -> dict[int, int]:
+    """Live (not zombie) processes and their parents: {pid: ppid} (Linux /proc)."""
+    table = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, ValueError):
+            continue
+        if state != "Z":
+            table[int(stat.parent.name)] = int(ppid)
+    return table
+
+
+def _wait_for(condition, seconds: float) -> bool:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _start_then_stop(command, env_vars, histories, stop, log: Path) -> tuple[int, str]:
+    """Start the sweep, wait until both workers train, send `stop`; return (exit code, stderr)
+    once the workers are gone (fails if they outlive the sweep by 20 s)."""
+    started = time.time()
+    with log.open("w") as err_file:  # a file, not a pipe: orphans would hold a pipe open
+        sweep = subprocess.Popen(command, env=env_vars, stderr=err_file)
+    workers: set[int] = set()
+    try:
+        assert _wait_for(
+            lambda: all(h.exists() and h.stat().st_mtime > started for h in histories), 240
+        ), "no worker trained"
+        workers = {pid for pid, ppid in _processes().items() if ppid == sweep.pid}
+        assert len(workers) >= 2
+        sweep.send_signal(stop)
+        code = sweep.wait(timeout=60)
+        gone = _wait_for(lambda: not workers & _processes().keys(), 20)
+        assert gone, f"workers left after {stop.name}"
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+        for pid in workers & _processes().keys():  # only if the test failed: no orphans left
+            os.kill(pid, signal.SIGKILL)
+    return code, log.read_text()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from /proc")
+def test_stopping_a_parallel_sweep_stops_its_workers(env, data_root, tmp_path):
+    """SIGTERM to `recpress sweep --jobs 2` ends it with 143 and stops both workers (nothing
+    keeps writing into the sweep directory); after SIGKILL, which the sweep cannot handle, the
+    workers notice and exit by themselves. The runs keep their epochs for a rerun to resume."""
+    students = {"methods": ["none"], "seeds": [0, 1], "train": {**TRAIN, "epochs": 400}}
+    config = write_cfg(tmp_path / "long.yaml", tiny_config(**students))
+    out = tmp_path / "s"
+    env_vars = {**os.environ, "RECPRESS_DATA": str(data_root), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "recpress", "sweep", str(config), "--out", str(out),
+               "--jobs", "2", "--no-progress", "--no-report"]  # fmt: skip
+    histories = [out / "runs/4/none" / f"seed{s}" / "history.csv" for s in (0, 1)]
+
+    code, err = _start_then_stop(command, env_vars, histories, signal.SIGTERM, tmp_path / "t")
+    assert code == 143 and "rerun the same command to resume" in err and "Traceback" not in err
+    _start_then_stop(command, env_vars, histories, signal.SIGKILL, tmp_path / "k")
+    assert not any((h.parent / "metrics.json").exists() for h in histories)
+    assert all(len(h.read_text().splitlines()) > 1 for h in histories)

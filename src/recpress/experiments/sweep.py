@@ -437,16 +437,25 @@ def run_sweep(
 
 
 def _run_parallel(todo: list[RunSpec], jobs: int, bar: _SweepProgress, finished) -> None:
-    """Train `todo` in `jobs` worker processes; the first failure stops the sweep."""
+    """Train `todo` in `jobs` worker processes; the first failure stops the sweep.
+
+    If the sweep stops early (a failed run, Ctrl-C, or SIGTERM turned into an exception by the
+    CLI), the runs still training are stopped too: their workers are terminated, so nothing
+    keeps writing into the sweep directory, and a rerun resumes them from their checkpoints
+    (written atomically). Workers also exit by themselves if this process dies without
+    cleaning up (SIGKILL): see `_worker_init`.
+    """
     import multiprocessing
+    import os
     from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 
     import torch
 
     threads = max(1, torch.get_num_threads() // jobs)
     context = multiprocessing.get_context("spawn")  # no forked torch/OpenMP state
+    others = set(multiprocessing.active_children())
     with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_init,
-                             initargs=(threads,)) as pool:  # fmt: skip
+                             initargs=(threads, os.getpid())) as pool:  # fmt: skip
         pending = {pool.submit(_worker_train, spec.config, str(spec.path)): spec for spec in todo}
         bar.start_run(f"{len(todo)} runs, {jobs} at a time")
         try:
@@ -461,13 +470,37 @@ def _run_parallel(todo: list[RunSpec], jobs: int, bar: _SweepProgress, finished)
         except BaseException:
             for future in pending:
                 future.cancel()
+            workers = [p for p in multiprocessing.active_children() if p not in others]
+            for process in workers:
+                process.terminate()
+            for process in workers:
+                process.join(timeout=30)
             raise
 
 
-def _worker_init(threads: int) -> None:
+#: seconds between a worker's checks that the sweep process is still alive
+PARENT_POLL_SECONDS = 1.0
+
+
+def _worker_init(threads: int, parent_pid: int) -> None:
+    """Set the worker's torch threads; exit when the sweep process `parent_pid` is gone.
+
+    A killed parent (SIGKILL) cannot stop its workers; each then notices it has been re-parented
+    within `PARENT_POLL_SECONDS` and exits, so no orphan keeps training into the sweep directory.
+    """
+    import os
+    import threading
+
     import torch
 
     torch.set_num_threads(threads)
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="recpress-parent-watch", daemon=True).start()
 
 
 _WORKER_SPLITS: dict[str, Any] = {}

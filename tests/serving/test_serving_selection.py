@@ -284,3 +284,27 @@ def test_kernels_are_cached_on_disk(tmp_path):
     cached = {p.name.split(".")[1].rsplit("-", 1)[0] for p in tmp_path.rglob("*.nbi")}
     kernels = ("masked_topk_serial", "masked_topk_parallel", "scored_topk_parallel")
     assert {*kernels, "tiled_topk_parallel"} <= cached
+
+
+def test_a_parallel_top_k_leaves_torchs_thread_count_as_found():
+    """numba's OpenMP layer shares libgomp with torch: its first launch sets OpenMP's thread
+    count to numba's (all cores). A fresh process that had set torch to one thread (a sweep
+    worker) must still have one after top-K calls, or it trains oversubscribed."""
+    import subprocess
+    import sys
+
+    script = (
+        "import numpy as np, torch\n"
+        "torch.set_num_threads(1)\n"
+        "from recpress.serving import selection as sel\n"
+        "csr = (np.zeros(9, np.int64), np.zeros(0, np.int64))\n"
+        "u = np.random.rand(8, 3).astype(np.float32)\n"
+        "it = np.random.rand(3, 40).astype(np.float32)\n"
+        "sel.masked_topk(u @ it, np.arange(8), *csr, 3, threads=2)\n"
+        "sel.scored_topk(u, it, np.arange(8), *csr, 3, threads=2)\n"
+        "sel.tiled_scored_topk(u, sel.item_tiles(it, 40), np.arange(8), *csr, 2, n_items=40)\n"
+        "print(torch.get_num_threads())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == "1"

@@ -53,6 +53,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -390,7 +391,15 @@ def _scratch(size: int) -> np.ndarray:
 @contextlib.contextmanager
 def _parallel_launch(numba: Any, threads: int | None) -> Iterator[int]:
     """Hold the launch lock with numba's thread count set to `threads` (restored after);
-    yields the count in force."""
+    yields the count in force.
+
+    Torch's intra-op thread count is restored too: numba's OpenMP threading layer shares
+    libgomp with torch, and starting it sets OpenMP's thread count to numba's (all cores). A
+    process that had lowered torch's threads (a sweep worker: one core each) would otherwise
+    train on all cores after its first top-K call, oversubscribing the CPU.
+    """
+    torch = sys.modules.get("torch")  # only a process that has loaded torch can be affected
+    torch_threads = torch.get_num_threads() if torch is not None else None
     with _PARALLEL_LOCK:
         previous = numba.get_num_threads()
         if threads is not None:
@@ -399,3 +408,5 @@ def _parallel_launch(numba: Any, threads: int | None) -> Iterator[int]:
             yield numba.get_num_threads()
         finally:
             numba.set_num_threads(previous)
+            if torch_threads is not None and torch.get_num_threads() != torch_threads:
+                torch.set_num_threads(torch_threads)

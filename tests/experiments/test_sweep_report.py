@@ -25,7 +25,9 @@ from recpress.experiments.report import (
 )
 from recpress.experiments.sweep import (
     SweepConfig,
+    expected_cost,
     load_sweep_config,
+    parallel_order,
     plan,
     prepare_sweep_dir,
     run_sweep,
@@ -347,6 +349,24 @@ def test_log_z_and_reference_summary():
     cells.append({"dim": 200, "method": "htd", "reached": False, "z": 2.5})
     text = _reference_summary(cells)[0]
     assert "beyond seed noise (z > 2) for d=200 htd." in text
+
+
+def test_parallel_sweeps_start_the_costliest_runs_first(tmp_path):
+    """--jobs starts runs longest first (expert methods, then wider students), so the longest
+    run does not start last; ties keep the plan's order (seeds in order)."""
+    cfg = SweepConfig.model_validate(
+        tiny_config(dims=[4, 64], methods=["none", "ftd", "htd", "htd+rrd"], seeds=[0, 1])
+    )
+    students = [r for r in plan(cfg, tmp_path) if not r.is_teacher]
+    order = [r.label for r in parallel_order(students)]
+    assert order[:4] == [
+        "d=64 htd+rrd seed 0", "d=64 htd+rrd seed 1", "d=64 htd seed 0", "d=64 htd seed 1",
+    ]  # fmt: skip
+    assert order[-2:] == ["d=4 none seed 0", "d=4 none seed 1"]
+    costs = [expected_cost(r) for r in parallel_order(students)]
+    assert costs == sorted(costs, reverse=True) and sorted(order) == sorted(
+        r.label for r in students
+    )
 
 
 def _processes() -> dict[int, int]:

@@ -36,6 +36,9 @@ class Distiller(nn.Module):
     requires: ClassVar[frozenset[str]] = frozenset()
     #: default KD weight λ of the method (methods.md)
     default_weight: ClassVar[float] = 1.0
+    #: rough training time per epoch relative to the no-KD student (bench/results/method_speed.md,
+    #: d=20, averaged over the schedule); only orders a parallel sweep, costliest runs first
+    epoch_cost: ClassVar[float] = 1.0
 
     def __init__(self) -> None:
         super().__init__()

@@ -101,6 +101,7 @@ class CD(Distiller):
     """
 
     name = "cd"
+    epoch_cost = 2.5
     requires = frozenset({"scores", "topk"})
     default_weight = 0.5
 

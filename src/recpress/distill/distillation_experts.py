@@ -73,6 +73,7 @@ class DistillationExperts(Distiller):
     `ExpertBank`)."""
 
     name = "de"
+    epoch_cost = 110.0
     requires = frozenset({"embeddings"})
     default_weight = 0.01
 

@@ -107,6 +107,7 @@ class DCD(Distiller):
     """
 
     name = "dcd"
+    epoch_cost = 100.0
     requires = frozenset({"topk"})
     default_weight = 0.01
 

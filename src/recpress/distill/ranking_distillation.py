@@ -78,6 +78,7 @@ class RD(Distiller):
     """
 
     name = "rd"
+    epoch_cost = 5.0
     requires = frozenset({"topk"})
     default_weight = 1.0
 

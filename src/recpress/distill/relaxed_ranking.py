@@ -245,6 +245,7 @@ class RelaxedRankingDistillation(Distiller):
     length (500), interesting "deterministic" | "sample", reduction "sum" | "mean"."""
 
     name = "rrd"
+    epoch_cost = 11.0
     requires = frozenset({"topk"})
     default_weight = 1e-3
 
@@ -329,6 +330,7 @@ class ItemRankingRRD(RelaxedRankingDistillation):
     L_I (20), T_I (10), N_I (500, capped at the number of users)."""
 
     name = "ir-rrd"
+    epoch_cost = 65.0
     requires = frozenset({"topk", "scores"})
     default_weight = 1e-3
 

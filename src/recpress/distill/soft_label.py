@@ -45,6 +45,7 @@ class KD(Distiller):
     """
 
     name = "kd"
+    epoch_cost = 12.0
     requires = frozenset({"scores", "topk"})
     default_weight = 1.0
 

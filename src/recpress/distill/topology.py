@@ -430,6 +430,7 @@ class FTD(_TopologyBase):
     """
 
     name: ClassVar[str] = "ftd"
+    epoch_cost: ClassVar[float] = 4.5
 
     def prepare(self, teacher: Recommender, split: Split, knowledge=None) -> None:
         self._load_teacher(teacher, knowledge)
@@ -472,6 +473,7 @@ class HTD(_TopologyBase):
     """
 
     name: ClassVar[str] = "htd"
+    epoch_cost: ClassVar[float] = 35.0
 
     def __init__(
         self,

@@ -92,6 +92,7 @@ class UnKD(Distiller):
     """
 
     name = "unkd"
+    epoch_cost = 8.5
     requires = frozenset({"scores"})
     default_weight = 1.0
 

@@ -429,11 +429,29 @@ def run_sweep(
             else:
                 todo.append(spec)
         if todo:
-            _run_parallel(todo, int(jobs), bar, finished)
+            _run_parallel(parallel_order(todo), int(jobs), bar, finished)
     finally:
         bar.close()
     summary["wall_seconds"] = round(time.perf_counter() - started, 2)
     return summary
+
+
+def expected_cost(spec: RunSpec) -> float:
+    """Rough relative training time of a student run: the KD methods' summed ``epoch_cost``
+    (1 without KD) × (1 + d/100), the growth with the student width seen in the reference sweep.
+    """
+    from recpress.distill.registry import DISTILLERS, parse_method
+
+    method = spec.config.distill.method if spec.config.distill is not None else "none"
+    kd_cost = sum(DISTILLERS[name].epoch_cost for name in parse_method(method))
+    return max(1.0, kd_cost) * (1.0 + (spec.dim or 0) / 100)
+
+
+def parallel_order(specs: list[RunSpec]) -> list[RunSpec]:
+    """Student runs in the order a parallel sweep starts them: costliest first (`expected_cost`,
+    ties in plan order), so that the longest runs do not start last and run alone at the end
+    (longest-processing-time-first scheduling)."""
+    return sorted(specs, key=expected_cost, reverse=True)
 
 
 def _run_parallel(todo: list[RunSpec], jobs: int, bar: _SweepProgress, finished) -> None:

@@ -369,6 +369,26 @@ def test_parallel_sweeps_start_the_costliest_runs_first(tmp_path):
     )
 
 
+def test_sweep_eta_weights_the_runs_left_by_their_expected_cost(tmp_path):
+    """ETA = cost of the runs left × seconds per unit of cost so far / jobs: after the cheapest
+    run, an HTD run left costs its cost ratio times as long; skipped runs add no time."""
+    from recpress.experiments.sweep import _SweepProgress
+
+    cfg = SweepConfig.model_validate(tiny_config(methods=["none", "htd"]))
+    teacher, none, htd = plan(cfg, tmp_path)
+    for jobs in (1, 2):
+        bar = _SweepProgress([teacher, none, htd], enabled=False, jobs=jobs)
+        assert bar._eta() == "?"
+        bar.advance(teacher, None)  # skipped: finished before
+        assert bar._eta() == "?"
+        bar.advance(none, 10.0)
+        left = 10.0 * expected_cost(htd) / expected_cost(none) / jobs
+        h, rest = divmod(int(left), 3600)
+        assert bar._eta() == f"{h}:{rest // 60:02d}:{rest % 60:02d}"
+        bar.advance(htd, 300.0)
+        assert bar._eta() == "0:00:00"
+
+
 def _processes() -> dict[int, int]:
     """Live (not zombie) processes and their parents: {pid: ppid} (Linux /proc)."""
     table = {}

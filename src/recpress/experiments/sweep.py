@@ -408,19 +408,19 @@ def run_sweep(
     split = load_split_for(runs[0].config)
     summary: dict[str, Any] = {"trained": [], "skipped": [], "seconds": {}, "grid_change": changed}
     started = time.perf_counter()
-    bar = _SweepProgress(len(runs), enabled=progress)
+    bar = _SweepProgress(runs, enabled=progress, jobs=jobs)
 
     def finished(spec: RunSpec, seconds: float) -> None:
         summary["trained"].append(spec.label)
         summary["seconds"][spec.label] = round(seconds, 2)
-        bar.advance(spec.label, seconds)
+        bar.advance(spec, seconds)
 
     try:
         todo = []
         for spec in runs:
             if is_finished(spec.path):
                 summary["skipped"].append(spec.label)
-                bar.advance(spec.label, None)
+                bar.advance(spec, None)
             elif spec.is_teacher or jobs == 1:  # the teacher first: students read it
                 bar.start_run(spec.label)
                 t0 = time.perf_counter()
@@ -437,14 +437,13 @@ def run_sweep(
 
 
 def expected_cost(spec: RunSpec) -> float:
-    """Rough relative training time of a student run: the KD methods' summed ``epoch_cost``
-    (1 without KD) × (1 + d/100), the growth with the student width seen in the reference sweep.
-    """
+    """Rough relative training time of a run: its KD methods' summed ``epoch_cost`` (1 without
+    KD, as the teacher) × (1 + d/100), the growth with the width seen in the reference sweep."""
     from recpress.distill.registry import DISTILLERS, parse_method
 
     method = spec.config.distill.method if spec.config.distill is not None else "none"
     kd_cost = sum(DISTILLERS[name].epoch_cost for name in parse_method(method))
-    return max(1.0, kd_cost) * (1.0 + (spec.dim or 0) / 100)
+    return max(1.0, kd_cost) * (1.0 + spec.config.model.embedding_dim / 100)
 
 
 def parallel_order(specs: list[RunSpec]) -> list[RunSpec]:
@@ -540,10 +539,14 @@ def _worker_train(config: RunConfig, path: str) -> tuple[str | None, float]:
 
 
 class _SweepProgress:
-    """Overall progress over runs with an ETA from the mean time of runs trained so far."""
+    """Overall progress over runs with an ETA: the runs left, weighted by `expected_cost`, at
+    the seconds per unit of cost of the runs trained so far, over the `jobs` running at once."""
 
-    def __init__(self, total: int, enabled: bool) -> None:
-        self.total, self.done, self.times = total, 0, []
+    def __init__(self, runs: list[RunSpec], enabled: bool, jobs: int = 1) -> None:
+        total = len(runs)
+        self.total, self.done, self.jobs = total, 0, max(1, int(jobs))
+        self.cost_left = sum(expected_cost(r) for r in runs)
+        self.trained_cost = self.trained_seconds = 0.0
         self._p = None
         if not enabled:
             return
@@ -567,9 +570,9 @@ class _SweepProgress:
         self._p.start()
 
     def _eta(self) -> str:
-        if not self.times:
+        if not self.trained_cost:
             return "?"
-        left = (self.total - self.done) * sum(self.times) / len(self.times)
+        left = self.cost_left * self.trained_seconds / self.trained_cost / self.jobs
         m, s = divmod(int(left), 60)
         h, m = divmod(m, 60)
         return f"{h}:{m:02d}:{s:02d}"
@@ -578,10 +581,13 @@ class _SweepProgress:
         if self._p is not None:
             self._p.update(self._task, info=f"training {label}")
 
-    def advance(self, label: str, seconds: float | None) -> None:
+    def advance(self, spec: RunSpec, seconds: float | None) -> None:
+        label = spec.label
         self.done += 1
+        self.cost_left -= expected_cost(spec)
         if seconds is not None:
-            self.times.append(seconds)
+            self.trained_cost += expected_cost(spec)
+            self.trained_seconds += seconds
         if self._p is not None:
             state = "skipped (finished)" if seconds is None else f"{seconds:.0f}s"
             self._p.update(

@@ -543,8 +543,7 @@ class _SweepProgress:
     the seconds per unit of cost of the runs trained so far, over the `jobs` running at once."""
 
     def __init__(self, runs: list[RunSpec], enabled: bool, jobs: int = 1) -> None:
-        total = len(runs)
-        self.total, self.done, self.jobs = total, 0, max(1, int(jobs))
+        self.done, self.jobs = 0, max(1, int(jobs))
         self.cost_left = sum(expected_cost(r) for r in runs)
         self.trained_cost = self.trained_seconds = 0.0
         self._p = None
@@ -566,7 +565,7 @@ class _SweepProgress:
             TextColumn("ETA {task.fields[eta]}"),
             TextColumn("{task.fields[info]}"),
         )
-        self._task = self._p.add_task("sweep", total=total, eta="?", info="")
+        self._task = self._p.add_task("sweep", total=len(runs), eta="?", info="")
         self._p.start()
 
     def _eta(self) -> str:
@@ -582,11 +581,11 @@ class _SweepProgress:
             self._p.update(self._task, info=f"training {label}")
 
     def advance(self, spec: RunSpec, seconds: float | None) -> None:
-        label = spec.label
+        label, cost = spec.label, expected_cost(spec)
         self.done += 1
-        self.cost_left -= expected_cost(spec)
+        self.cost_left -= cost
         if seconds is not None:
-            self.trained_cost += expected_cost(spec)
+            self.trained_cost += cost
             self.trained_seconds += seconds
         if self._p is not None:
             state = "skipped (finished)" if seconds is None else f"{seconds:.0f}s"

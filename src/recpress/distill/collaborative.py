@@ -1,4 +1,4 @@
-"""CD: Collaborative Distillation (Lee et al., ICDM 2019; methods.md §4.3)."""
+"""CD: Collaborative Distillation (Lee et al., ICDM 2019; docs/methods.md §4.3)."""
 
 from __future__ import annotations
 
@@ -85,7 +85,7 @@ class CD(Distiller):
     redrawing the few short rows. Soft target w_uj = σ((t_uj + t₂)/t₁) (detached);
     ℓ(u) = Σ_{j∈S_u} BCE(σ(s_uj), w_uj), summed over the batch rows.
 
-    Defaults are the CiteULike-BPR re-implementation column of methods.md §4.3 [ref]
+    Defaults are those of the CiteULike-BPR re-implementation (docs/methods.md §4.3)
     (λ 0.5, t₁ 2, t₂ 0, N 3000, T 20, n_distill 2, student guide; wd 1e-8, batch 2048): the
     paper gives t₁ = t₂ = 1 and δ = 0.2 but no N, T or n_distill.
 

@@ -1,4 +1,4 @@
-"""DE — Distillation Experts (DE-RRD, CIKM 2020; methods.md §4.4).
+"""DE — Distillation Experts (DE-RRD, CIKM 2020; docs/methods.md §4.4).
 
 Separate user and item expert banks (M experts d_s → h → d_t and a selection network driven by
 the teacher embedding). Per batch, with z = Gumbel-softmax(log(α + 1e-10), τ) drawn fresh per

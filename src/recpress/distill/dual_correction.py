@@ -1,4 +1,4 @@
-"""DCD: Dual Correction Distillation (Lee & Kim, CIKM 2021; methods.md §4.10)."""
+"""DCD: Dual Correction Distillation (Lee & Kim, CIKM 2021; docs/methods.md §4.10)."""
 
 from __future__ import annotations
 

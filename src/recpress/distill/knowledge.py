@@ -1,4 +1,4 @@
-"""Teacher knowledge, precomputed once and cached with the teacher run (methods.md §1.6).
+"""Teacher knowledge, precomputed once and cached with the teacher run (docs/methods.md §1.6).
 
 `Knowledge` wraps a frozen teacher (or only its per-user top-K lists, for a black-box
 teacher) and serves what the distillers need:

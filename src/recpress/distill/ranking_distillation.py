@@ -1,4 +1,4 @@
-"""RD: Ranking Distillation (Tang & Wang, KDD 2018; methods.md §4.2)."""
+"""RD: Ranking Distillation (Tang & Wang, KDD 2018; docs/methods.md §4.2)."""
 
 from __future__ import annotations
 
@@ -55,7 +55,8 @@ def rd_weights(
 
 @register
 class RD(Distiller):
-    """Ranking Distillation: weighted pointwise log-loss on the teacher's top-K (§4.2).
+    """Ranking Distillation: weighted pointwise log-loss on the teacher's top-K
+    (docs/methods.md §4.2).
 
     ℓ(u) = Σ_{r=1..K} w_{u,r}·(−log σ(s_{u,π_{u,r}})), with position weights w^a and, from
     ``start_epoch`` on (0-based trainer epochs, ``epoch >= start_epoch``), the hybrid weights

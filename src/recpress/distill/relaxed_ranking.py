@@ -1,4 +1,4 @@
-"""RRD and IR-RRD — relaxed ranking distillation (methods.md §4.5, §4.7).
+"""RRD and IR-RRD — relaxed ranking distillation (docs/methods.md §4.5, §4.7).
 
 Per epoch, for every user: K *interesting* items from the teacher's top-N unobserved list π_u
 (deterministic: the first K in teacher order — the RecPress default; ``interesting="sample"``:

@@ -1,4 +1,4 @@
-"""KD: Hinton-style soft-label cross-entropy on a top-K list (methods.md §4.1)."""
+"""KD: Hinton-style soft-label cross-entropy on a top-K list (docs/methods.md §4.1)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ __all__ = ["KD"]
 
 @register
 class KD(Distiller):
-    """Soft-label cross-entropy on a top-K list Λ_u (methods.md §4.1).
+    """Soft-label cross-entropy on a top-K list Λ_u (docs/methods.md §4.1).
 
     p^T = softmax_{i∈Λ_u}(t_ui/τ) (no gradient), log p^S = log_softmax_{i∈Λ_u}(s_ui/τ),
     ℓ(u) = −Σ_{i∈Λ_u} p^T_ui · log p^S_ui  (× τ² when ``tau_sq``), summed over the batch rows.

@@ -3,9 +3,9 @@
 Both methods work on the entities of a batch: E = the rows of the unique users U_b followed by
 the unique items I_b (positives ∪ negatives), n = |U_b| + |I_b| (≈ 2,650 at B = 1024 on the TD
 CiteULike-t split). Similarities are cosines; the teacher side is frozen. Reductions are sums, as
-in the reference (methods.md §1.5), so λ_TD = 1e-3 reproduces the reference.
+in the reference (docs/methods.md §1.5), so λ_TD = 1e-3 reproduces the reference.
 
-FTD (methods.md §4.8)::
+FTD (docs/methods.md §4.8)::
 
     L_FTD = ‖A^t − A^s‖²_F,  A = N·Nᵀ,  N = row-normalised E
 
@@ -13,7 +13,7 @@ computed without any n×n matrix: ‖A^t − A^s‖²_F = ‖N_tᵀN_t‖²_F �
 (the Frobenius inner product of two Gram matrices equals the squared norm of the cross Gram),
 which costs O(n·d²) instead of O(n²·d).
 
-HTD (methods.md §4.9)::
+HTD (docs/methods.md §4.9)::
 
     L_HTD = γ·(L_ent + L_grp) + (1 − γ)·L_GA
 
@@ -22,7 +22,7 @@ z = argmax α (no gradient; item groups offset by K), entity-level term over sam
 group-level term Group(P,e) ('second', default) or Group(P,P) ('first'), and the DE-style group
 assignment term with Gumbel-softmax at the reference temperature schedule (E_max = 100).
 
-Reference quirks (methods.md §4.9 / §4.15) are flags; ``preset="reference"`` turns all three to
+Reference quirks (docs/methods.md §4.9 / §4.15) are flags; ``preset="reference"`` turns all three to
 the TD release behaviour, ``preset="paper"`` (default) keeps the paper's definitions:
 
 =====================  =======================  ============================

@@ -1,4 +1,4 @@
-"""UnKD: Unbiased Knowledge Distillation (Chen et al., WSDM 2023; methods.md §4.11)."""
+"""UnKD: Unbiased Knowledge Distillation (Chen et al., WSDM 2023; docs/methods.md §4.11)."""
 
 from __future__ import annotations
 
@@ -66,7 +66,8 @@ def group_sample_counts(n_distill: int, rho: np.ndarray, lambda_p: float) -> lis
 
 @register
 class UnKD(Distiller):
-    """Unbiased KD: teacher-ranked pairwise distillation within popularity groups (§4.11).
+    """Unbiased KD: teacher-ranked pairwise distillation within popularity groups
+    (docs/methods.md §4.11).
 
     Items are cut into G popularity groups of about equal total interactions. For each user
     and group, the user's unobserved items of the group ranked by teacher score, truncated to

@@ -1,6 +1,6 @@
 """Top-K ranking metrics computed from a hit matrix, vectorised over users.
 
-Conventions shared by every function here (methods.md §2.1, §2.3):
+Conventions shared by every function here (docs/methods.md §2.1, §2.3):
 
 * ``hits`` is a bool (or 0/1) tensor of shape (U, Kmax): ``hits[u, r]`` is True when the item
   ranked r + 1 for user u (after masking) is one of u's targets T_u. Columns beyond the ranked

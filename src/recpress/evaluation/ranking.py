@@ -3,7 +3,7 @@
 For each evaluated user the model scores the whole catalogue, the excluded items (by default the
 user's training items, plus validation items at test time) get score -inf, the top-Kmax items
 are taken with ``torch.topk`` and compared with the user's targets in the evaluated phase. The
-metric formulas live in `recpress.evaluation.metrics` (methods.md §2.1, §2.3).
+metric formulas live in `recpress.evaluation.metrics` (docs/methods.md §2.1, §2.3).
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ def evaluate(
 ) -> EvalResult:
     """Full-ranking top-K evaluation of `model` on `split`'s `phase` part.
 
-    Protocol (methods.md §2):
+    Protocol (docs/methods.md §2):
 
     * Evaluated users: users with at least one target in `phase` and at least one training
       item. Users without targets are not counted (their number is reported); metrics are the

@@ -1,4 +1,4 @@
-"""Statistics over seeds and between methods (methods.md §2.4: 5 seeds, mean ± std, paired t-test).
+"""Statistics over seeds and between methods (docs/methods.md §2.4: mean ± std, paired t-test).
 
 * `mean_std`: mean and sample standard deviation (ddof=1 by default) of one metric over seeds.
 * `aggregate_seeds`: the same for every metric of several runs (dicts or `EvalResult`s).

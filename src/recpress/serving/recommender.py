@@ -168,8 +168,8 @@ def _hierarchical_topk(
     sat in another group, those k groups would hold k distinct maxima ≥ x's group maximum ≥ x,
     so x would not be needed, up to ties that keep the same values). So a ``topk`` over the
     top level and, going down, one over the k·fanout members of the k chosen groups give the
-    exact answer. torch.topk costs about 10 ns per element it compares (branchy selection), so
-    comparing W_h + levels·k·fanout elements instead of W is the saving; the maxima are cheap.
+    exact answer, comparing W_h + levels·k·fanout elements instead of W (measured in
+    bench/README.md, section "Serving: top-k selection").
     """
     b = scores.shape[0]
     maxima = [scores]
@@ -194,8 +194,8 @@ TILED_CHUNK_ELEMENTS = 2**18
 #: "auto" multiplies by item strips (`selection.tiled_scored_topk`) up to this embedding dim
 TILED_MAX_DIM = 64
 #: ... and up to this many items: a larger catalogue leaves fewer than 2 users per default block,
-#: and a block of 1 user reads the whole item table per user (measured, d=20, one thread, 2,000
-#: users: 100k items 0.134 s by strips vs 0.213 s by rows; 300k items 1.24 s vs 0.68 s)
+#: and a block of 1 user reads the whole item table per user (bench/README.md, section
+#: "Serving: chunk sizes and the item-strip product")
 TILED_MAX_ITEMS = TILED_CHUNK_ELEMENTS // 2
 #: the default never gives a worker's buffer more scores than this (64 MiB of float32)
 MAX_DEFAULT_CHUNK_ELEMENTS = 2**24
@@ -220,9 +220,8 @@ class TopKRecommender:
             scores. None (default, `default_chunk_users`): 2**21 floats (8 MiB) and at least d
             users, so that each pass over the item matrix (d × n floats) yields at least as many
             score rows as it has dimensions, capped at 2**24 floats per chunk. Each worker of a
-            batch request has a buffer of one chunk. Measured on citeulike-t-td (2 threads, all
-            users, before the batch path ran in one pool): d=20 was fastest at 83 users per
-            chunk, d=200 at 166–332 (20 users per chunk cost the teacher 2.2x).
+            batch request has a buffer of one chunk (chunk sizes measured in bench/README.md,
+            section "Serving: chunk sizes and the item-strip product").
         device: where the matrix product runs (the "numba" selector needs "cpu").
         fanout: items per group at each level of maxima of the exact top-k (0 disables the
             levels: one selection pass over the whole catalogue). None: 16 for "numba", 4 for
@@ -231,9 +230,6 @@ class TopKRecommender:
         product: one of `PRODUCTS`, for the "numba" selector's batches; the attribute
             ``product`` holds the one in use ("rows" under the torch selector or fanout 0).
             With "tiles" the default chunk is 2**18 scores (`TILED_CHUNK_ELEMENTS`).
-            Measured on citeulike-t-td, one thread, all users, top-50: d=20 0.098 s (tiles,
-            20 users per chunk) vs 0.119 s (rows, 83); d=200 0.59 s (rows, 333) vs 0.92 s
-            (tiles, 64).
     """
 
     def __init__(
@@ -265,7 +261,7 @@ class TopKRecommender:
             # (d, width): zero columns pad the catalogue to a multiple of fanout**levels items
             self.levels, width = _hierarchy_shape(n_items, self.fanout)
         else:  # the kernel handles ragged groups itself; rows of a multiple of 16 floats (64
-            # bytes) keep the matrix product fast (an odd row length cost the teacher ~30%)
+            # bytes) keep the matrix product fast (bench/README.md, "Serving: top-k selection")
             self.levels, width = 0, -(-n_items // 16) * 16
         item_t = torch.zeros(artifact.dim, width, dtype=torch.float32)
         item_t[:, :n_items] = artifact.item_emb.T
@@ -340,8 +336,7 @@ class TopKRecommender:
         if self.selector == "numba":
             return self._topk_compiled(idx, k, exclude_seen)
         vals, tops = [], []
-        # one score buffer reused by every chunk: a fresh multi-MB tensor per chunk costs page
-        # faults that, for a small embedding dim, take longer than the matrix product itself
+        # one score buffer reused by every chunk (no page faults of a fresh tensor per chunk)
         rows = min(self.chunk_users, max(len(idx), 1))
         buffer = torch.empty((rows, self.item_emb_t.shape[1]), device=self.device)
         with torch.no_grad():

@@ -7,8 +7,8 @@ the k largest values and their columns after setting the columns
     values[r] = sorted_desc({scores[r, j] : j not seen by users[r]})[:k]
 
 It is one numba-compiled pass per row, parallel over shares of rows, and replaces the masking
-scatter plus ``torch.topk`` of the torch path (which cost about twice the student's matrix
-product on the serving benchmark). Per row:
+scatter plus ``torch.topk`` of the torch path (measured in bench/README.md, section "Serving:
+top-k selection"). Per row:
 
 1. the seen items are set to -inf in place (the caller's score buffer);
 2. ``levels`` levels of maxima are built: level i holds the maxima of ``fanout`` strided groups of
@@ -24,23 +24,18 @@ product on the serving benchmark). Per row:
 
 ``scored_topk(user_rows, item_t, users, indptr, indices, k)`` is the same selection of the rows
 of ``user_rows @ item_t``, with the product inside the pass: each worker multiplies a block of
-rows into its own buffer (BLAS through numba, single-threaded) and selects the block at once. So
-one thread pool runs the whole request. Before, torch's OpenMP runtime ran the product and
-numba's the selection; after each region one runtime's idle threads spin and, on 2 cores, take
-the core the other's workers need (measured: the student's all-user top-50 at 0.07 s or 0.21 s
-depending on the process).
+rows into its own buffer (BLAS through numba, single-threaded) and selects the block at once, so
+one thread pool runs the whole request (why: bench/README.md, section "Serving: top-k
+selection").
 
 ``tiled_scored_topk(user_rows, item_tiles, ...)`` is `scored_topk` with the items in strips
 (`item_tiles`): strip j holds the items j·s₁ … (j+1)·s₁ − 1, s₁ = ceil(n / fanout) being the
 size of level 1, and a block of rows is multiplied one strip at a time. Row r's item g + j·s₁
 is then element [j, r, g] of the block's buffer, so level 1 is the elementwise maximum of the
-row's strips and the row never needs to exist in one piece. For a small embedding dim the
-product of a few rows by one strip (tens of KB of output) runs faster than by the whole item
-matrix, and a block of about 10 users' scores (1 MB) stays in L2 for the selection: on
-citeulike-t-td (25,181 items, one thread) the d=20 student's all-user top-50 took 0.098 s
-instead of 0.119 s; the d=200 teacher is slower this way (0.92 s at best vs 0.59 s), so
-`TopKRecommender` uses strips only for small dims and catalogues (its `TILED_MAX_DIM`,
-`TILED_MAX_ITEMS`).
+row's strips and the row never needs to exist in one piece; a block of a few users' scores
+stays in the core's L2 cache for the selection. `TopKRecommender` uses strips only for small
+dims and catalogues (its `TILED_MAX_DIM`, `TILED_MAX_ITEMS`; measured in bench/README.md,
+section "Serving: chunk sizes and the item-strip product").
 
 Ties at the k-th value keep the first candidates met. Rows with fewer than k unseen items are
 padded with value -inf (at seen columns). NaN scores count as -inf. numba is a dependency,
@@ -237,11 +232,9 @@ def scored_topk(
     """`masked_topk` of ``scores = user_rows @ item_t`` (b, W), the product fused into the pass.
 
     Each of the `threads` workers multiplies blocks of `block_rows` rows into its own buffer
-    with single-threaded BLAS and selects each block right after its product. One thread pool
-    does both halves: a torch product followed by the selection kernel alternates between two
-    OpenMP runtimes (torch's and numba's), whose idle threads spin for a while after each
-    region; on a 2-core machine they then take the core the other pool needs, which made the
-    same call up to 3x slower depending on the process (see bench/README.md).
+    with single-threaded BLAS and selects each block right after its product, so one thread
+    pool does both halves (a torch product followed by the kernel would alternate between two
+    OpenMP runtimes; see bench/README.md, section "Serving: top-k selection").
 
     Args:
         user_rows: (b, d) float32, one row per requested user.
@@ -380,9 +373,8 @@ _SCRATCH: list[np.ndarray] = []
 
 
 def _scratch(size: int) -> np.ndarray:
-    """A float32 buffer of `size` floats, reused between calls (held under the launch lock):
-    a fresh multi-MB buffer per call costs page faults, and glibc's adaptive mmap threshold
-    made that cost differ from one process to the next."""
+    """A float32 buffer of `size` floats, reused between calls (held under the launch lock;
+    why: bench/README.md, section "Serving: top-k selection")."""
     if not _SCRATCH or _SCRATCH[0].size < size:
         _SCRATCH[:] = [np.empty(size, np.float32)]
     return _SCRATCH[0][:size]

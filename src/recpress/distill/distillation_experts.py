@@ -69,8 +69,7 @@ def expert_error(
 class DistillationExperts(Distiller):
     """DE. Args: n_experts M (30), hidden_dim h (None: ⌊(d_t + d_s)/2⌋), max_epochs E_max of
     the τ schedule (1000), reduction "sum" | "mean", expert_precision "fp32" | "bf16" (the
-    expert GEMMs under bfloat16 autocast: ~1.8x faster where the hardware has bf16, see
-    `ExpertBank`)."""
+    expert GEMMs under bfloat16 autocast, see `ExpertBank`)."""
 
     name = "de"
     epoch_cost = 110.0

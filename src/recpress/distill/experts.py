@@ -42,8 +42,8 @@ class ExpertBank(nn.Module):
         student_dim: d_s; teacher_dim: d_t; hidden_dim: h (default ⌊(d_t + d_s)/2⌋).
         precision: "fp32" (default, exact) or "bf16": the dense mixture's GEMMs run under
             bfloat16 autocast (parameters and outputs stay fp32; ~0.4% relative error in the
-            mixture). About 1.8x faster on CPUs with AVX512-BF16/AMX and on GPUs; much slower
-            on CPUs without bf16 instructions.
+            mixture). Speed depends on bf16 hardware: bench/README.md, section "KD: expert
+            mixtures (DE, HTD)".
     Parameter count: M·(d_s·h + h + h·d_t + d_t) + (d_t·M + M).
     """
 
@@ -120,8 +120,8 @@ def dense_mixture(bank: ExpertBank, x: torch.Tensor, w: torch.Tensor) -> torch.T
 
     Two GEMMs over the stacked experts: Σ_m w_m·(W2_mᵀ h_m + b2_m) = Σ_m W2_mᵀ (w_m h_m) + w·b2,
     so the hidden units are scaled by the weights and one (n, M·h) × (M·h, d_t) product replaces
-    the M expert outputs (no (n, M, d_t) tensor). The cost is the GEMMs (a hand-written backward
-    reusing the (n, M·h) buffers measured no faster). With ``bank.precision == "bf16"`` the
+    the M expert outputs (no (n, M, d_t) tensor); autograd differentiates the two GEMMs.
+    With ``bank.precision == "bf16"`` the
     GEMMs run under bfloat16 autocast and the result is cast back to ``x.dtype``.
     """
     n_m, d_s, h = bank.w1.shape
@@ -152,12 +152,12 @@ def mix_experts(
     ``threshold`` > 0 skips the (entity, expert) pairs with weight ≤ threshold and runs each
     expert only on the entities that use it (sparse dispatch: pairs sorted by expert, one gather,
     one addmm pair per expert in a loop, scatter-add back). Gumbel-softmax weights become one-hot
-    as τ anneals, so this cuts the expert cost up to M-fold; the result differs from the dense
-    mixture by at most Σ_skipped w_m·‖E_m(e^s)‖. ``threshold=0`` is the exact dense mixture
-    (`dense_mixture`). When more than ``dense_above`` of the pairs are kept, the dense GEMMs
-    (with the skipped weights zeroed) are used instead, which is faster there; ``dense_above=0``
-    always takes them, without reading the kept count on the host (no device sync: the fast
-    choice on GPUs, where the sparse dispatch is bound by kernel launches).
+    as τ anneals, so most pairs are skipped; the result differs from the dense mixture by at most
+    Σ_skipped w_m·‖E_m(e^s)‖. ``threshold=0`` is the exact dense mixture (`dense_mixture`). When
+    more than ``dense_above`` of the pairs are kept, the dense GEMMs (with the skipped weights
+    zeroed) are used instead; ``dense_above=0`` always takes them, without reading the kept count
+    on the host (no device sync). Why these choices: bench/README.md, section "KD: expert
+    mixtures (DE, HTD)".
     Gradients reach ``student``, ``weights`` and the bank's expert parameters.
     """
     weights = weights.to(student.dtype)

@@ -291,8 +291,7 @@ def htd_entity_loss_dense(
     M_ab = [g_a = g_b] (· [cos_t(a, b) > 0] with ``pair_filter="teacher_positive"``).
 
     The same value and gradients as the grouped form, in a handful of large kernels and no host
-    sync, for O(n²) memory (three (n, n) buffers): the fast form on GPUs, where the grouped
-    form's per-bucket loops are bound by kernel launches.
+    sync, for O(n²) memory (three (n, n) buffers); the layout HTD uses on accelerators.
     student (n, d_s) raw, teacher_normed (n, d_t), groups (n,) → scalar.
     """
     check_choice("pair_filter", pair_filter, PAIR_FILTERS)
@@ -460,13 +459,13 @@ class HTD(_TopologyBase):
             the group-assignment term (speed; 0 = exact dense mixture), see `mix_experts`.
         hidden_dim: expert hidden width (default ⌊(d_t + d_s)/2⌋).
         expert_precision: "fp32" (exact) or "bf16" (dense expert GEMMs under bfloat16
-            autocast, ~1.8x faster where the hardware has bf16; see `ExpertBank`).
+            autocast; see `ExpertBank`).
         layout: how the entity and group-assignment terms are computed, with the same result:
             "grouped" (same-group pair blocks, experts run only on their entities: least
-            arithmetic, the fast form on CPUs), "dense" (one masked n×n pair matrix and the
-            dense expert GEMMs with the skipped weights zeroed: few large kernels and no host
-            sync, the fast form on GPUs) or "auto" (dense on an accelerator when the batch has
-            at most `DENSE_MAX_ENTITIES` entities, else grouped).
+            arithmetic), "dense" (one masked n×n pair matrix and the dense expert GEMMs with
+            the skipped weights zeroed: few large kernels and no host sync) or "auto" (dense on
+            an accelerator when the batch has at most `DENSE_MAX_ENTITIES` entities, else
+            grouped); bench/README.md, section "KD: expert mixtures (DE, HTD)".
         student_dim: d_s, if known at construction (else given to ``prepare``).
         seed: seed of the expert initialisation (default: the one given by ``bind_student``,
             derived from the run seed).

@@ -34,7 +34,8 @@ PHASES: tuple[str, ...] = ("valid", "test")
 #: masks ("train", "test") at validation.
 DEFAULT_EXCLUDE: dict[str, tuple[str, ...]] = {"valid": ("train",), "test": ("train", "valid")}
 #: target number of score entries per chunk (users x items) when batch_size is not given;
-#: 2**24 floats = 64 MiB, about 660 users on a 25k-item catalogue (measured best on CPU)
+#: 2**24 floats = 64 MiB, about 660 users on a 25k-item catalogue (bench/README.md, section
+#: "Evaluation: chunk size")
 DEFAULT_CHUNK_ELEMENTS: int = 2**24
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]

@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 
 def _decay(base: float, k: torch.Tensor) -> torch.Tensor:
-    """base**k, set to exactly 0 once below 1e-30 (denormal floats slow CPUs down ~100x)."""
+    """base**k, set to exactly 0 once below 1e-30 (no denormal floats; see bench/README.md,
+    section "Training: optimisers")."""
     log_value = k * math.log(base)
     return torch.where(log_value < -69.0, torch.zeros_like(k), torch.exp(log_value))
 
@@ -106,10 +107,10 @@ class LazyAdam(torch.optim.Optimizer):
     auxiliary modules) get the exact Adam update.
 
     ``fused``: "on" runs the row-sparse step as one ``torch.compile``-d kernel
-    (`_fused_rows_update`; about 4x faster on CPU, needs a C++ compiler, compiles once per
-    process), "off" runs it eagerly, "auto" (default) fuses parameters of at least
-    `FUSED_MIN_ELEMENTS` elements. If compiling fails, the eager step is used, with a warning.
-    Both give the same values up to float rounding.
+    (`_fused_rows_update`; needs a C++ compiler, compiles once per process; speed in
+    bench/README.md, section "Training: optimisers"), "off" runs it eagerly, "auto" (default)
+    fuses parameters of at least `FUSED_MIN_ELEMENTS` elements. If compiling fails, the eager
+    step is used, with a warning. Both give the same values up to float rounding.
     """
 
     def __init__(
@@ -206,7 +207,7 @@ class LazyAdam(torch.optim.Optimizer):
         update = self._fused_update(p)
         if update is None:
             return False
-        # unique + index_add instead of coalesce() (which also sorts the values): about 2x faster
+        # duplicate rows summed by unique + index_add (coalesce() would also sort the values)
         rows, inverse = torch.unique(grad._indices()[0], return_inverse=True)
         values = grad._values()
         summed = values.new_zeros(rows.shape[0], values.shape[1]).index_add_(0, inverse, values)
@@ -255,8 +256,8 @@ class LazyAdam(torch.optim.Optimizer):
 class DenseAdam(torch.optim.Adam):
     """PyTorch Adam with coupled weight decay; sparse gradients are densified first (reference).
 
-    Uses PyTorch's fused multi-tensor kernel (``fused=True``: the same update, 5–10x faster on
-    CPU than the per-parameter loop) where the parameters allow it, else ``foreach``.
+    Uses PyTorch's fused multi-tensor kernel (``fused=True``: the same update as the
+    per-parameter loop) where the parameters allow it, else ``foreach``.
     """
 
     def __init__(self, params, lr: float = 1e-3, weight_decay: float = 0.0, **kwargs) -> None:

@@ -1,6 +1,6 @@
 """Efficiency profile of a served model: size, FLOPs, latency, throughput, memory.
 
-Measured on the serving path (`TopKRecommender`: matmul, mask seen items, ``torch.topk``) in the
+Measured on the serving path (`TopKRecommender`: product, seen items masked, exact top-K) in the
 current process with the current torch thread setting (recorded in the profile):
 
 * ``parameters``: inference-time parameters (user + item embeddings); ``training_parameters``

@@ -365,7 +365,8 @@ def test_ftd_distiller_matches_explicit_and_grads_reach_student_only():
     items = torch.unique(torch.cat([batch.pos, batch.neg]))
     es = torch.cat([student.user_emb.weight[users], student.item_emb.weight[items]]).detach()
     et = torch.cat([tu[users], ti[items]])
-    assert float(loss.detach()) == pytest.approx(slow_ftd(es, et), rel=1e-6)
+    # fp32 GEMMs against a float64 reference: rounding depends on the BLAS kernel
+    assert float(loss.detach()) == pytest.approx(slow_ftd(es, et), rel=1e-5)
     loss.backward()
     gu = student.user_emb.weight.grad.to_dense()
     assert float(gu[users].abs().sum()) > 0

@@ -105,7 +105,16 @@ def train(
     apply_overrides(data, set_ or [])
     run_config = parse_config(RunConfig, data, str(config) if config else "options")
     metrics = train_run(run_config, out, overwrite=overwrite, progress=progress)
+    profile_after(run_config, out, metrics)
     _print_metrics(metrics, title=f"{out}: test metrics at epoch {metrics['best_epoch']}")
+
+
+def profile_after(run_config, out: Path, metrics: dict) -> None:
+    """Measure the efficiency profile of a just-finished run when its config asks for it."""
+    if run_config.profile and "profile" not in metrics:
+        from recpress.serving.profile import profile_run
+
+        metrics["profile"] = profile_run(out, write=True, n_requests=100)
 
 
 def _print_metrics(metrics: dict, title: str) -> None:
@@ -138,20 +147,16 @@ def evaluate(
 ) -> None:
     """Evaluate a saved run on its split (full ranking; valid masks train, test masks train+valid)."""
     from recpress.evaluation import evaluate as run_evaluate
-    from recpress.experiments.run import load_run
+    from recpress.runs import check_run_dir, load_run, load_split_of
 
     if phase not in ("valid", "test"):
         raise ConfigError(f"--phase must be valid or test, got {phase!r}")
     k_list = parse_ks(ks)
     split = None
     if data_path is not None:
-        from recpress.experiments.config import RunConfig, load_yaml, parse_config
-        from recpress.experiments.run import load_split_for
-
-        cfg = parse_config(RunConfig, load_yaml(run_dir / "config.yaml"))
-        cfg.data.path = str(data_path)
-        split = load_split_for(cfg)
-    _, model, split = load_run(run_dir, split=split)
+        split = load_split_of(check_run_dir(run_dir), data_path=data_path)
+    run = load_run(run_dir, split=split)
+    model, split = run.model, run.split
     result = run_evaluate(model, split, ks=k_list, phase=phase, per_user=per_user is not None)
     if per_user is not None:
         import pandas as pd

@@ -8,18 +8,39 @@ from typing import Annotated
 import typer
 
 from recpress.cli.app import SetOption, app, console
+from recpress.errors import ConfigError
+
+
+def parse_pairs(text: str, option: str) -> dict[str, str]:
+    """``"a=x,b=y"`` -> ``{"a": "x", "b": "y"}`` (ConfigError naming `option` otherwise)."""
+    out: dict[str, str] = {}
+    for item in (part.strip() for part in text.split(",")):
+        key, sep, value = item.partition("=")
+        if not item or not sep or not key.strip() or not value.strip():
+            raise ConfigError(f"{option} expects name=value,name=value, got {text!r}")
+        out[key.strip()] = value.strip()
+    return out
 
 
 @app.command()
 def distill(
-    teacher: Annotated[
-        Path, typer.Option(help="Teacher run directory (from `recpress train`) or a teacher .npz.")
-    ],
     method: Annotated[
         str, typer.Option(help="KD method or composition, e.g. de, rrd, de+rrd, ir-rrd, none.")
     ],
     dim: Annotated[int, typer.Option(help="Student embedding dimension (> 0).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Student run directory to write.")],
+    teacher: Annotated[
+        Path | None,
+        typer.Option(help="Teacher run directory (from `recpress train`) or a teacher .npz."),
+    ] = None,
+    teachers: Annotated[
+        str | None,
+        typer.Option(help="Several teachers: name=path,name=path (instead of --teacher)."),
+    ] = None,
+    teacher_of: Annotated[
+        str | None,
+        typer.Option(help="Which teacher each method term learns from: method=name,..."),
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum passes over the data.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed of the student.")] = None,
     dataset: Annotated[
@@ -31,21 +52,34 @@ def distill(
 ) -> None:
     """Distil a student from a teacher: e.g. `--method de+rrd --dim 20`.
 
-    Data and training settings default to the teacher run's; change any with --set, e.g.
+    Several teachers: --teachers bpr=runs/t1,big=runs/t2 --teacher-of de=big,rrd=bpr
+    (each term learns from its own teacher). Data and training settings default to the
+    (first) teacher run's; change any with --set, e.g.
     --set distill.weights.de=0.01 --set distill.params.rrd.K=40 --set train.lr=0.001.
     The run directory holds config.yaml (with the distill section), history, the student
     weights, and metrics.json with parameter counts with and without auxiliary modules.
     Rerunning the same command resumes an interrupted run and skips a finished one.
     """
-    from recpress.cli.core import _print_metrics
+    from recpress.cli.core import _print_metrics, profile_after
     from recpress.experiments.config import student_config
     from recpress.experiments.run import train_run
 
+    if (teacher is None) == (teachers is None):
+        raise ConfigError("give one of --teacher PATH or --teachers name=path,name=path")
+    given = teacher if teacher is not None else parse_pairs(teachers, "--teachers")
     values = {"data.dataset": dataset} if dataset else {}
     config = student_config(
-        teacher, method, dim, seed=seed, epochs=epochs, assignments=set_ or [], values=values
+        given,
+        method,
+        dim,
+        seed=seed,
+        epochs=epochs,
+        assignments=set_ or [],
+        values=values,
+        teacher_of=parse_pairs(teacher_of, "--teacher-of") if teacher_of else None,
     )
     metrics = train_run(config, out, overwrite=overwrite, progress=progress)
+    profile_after(config, out, metrics)
     _print_metrics(
         metrics, title=f"{out}: {method} student, test metrics at epoch {metrics['best_epoch']}"
     )

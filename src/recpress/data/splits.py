@@ -35,7 +35,7 @@ from recpress.data.readers import read_pairs_tsv
 from recpress.data.types import Interactions, Split, to_csr
 from recpress.errors import ConfigError, DataError, unknown_name
 
-__all__ = ["PROTOCOLS", "load_split", "split", "split_from_parts"]
+__all__ = ["PROTOCOLS", "split", "split_from_parts"]
 
 TRAIN, VALID, TEST, DROP = 0, 1, 2, 3
 
@@ -241,18 +241,3 @@ def split(interactions: Interactions, protocol: str, seed: int = 0, **opts: Any)
         )
     return split_from_parts(interactions, part, protocol)
 
-
-def load_split(
-    name: str,
-    protocol: str | None = None,
-    seed: int = 0,
-    path: str | Path | None = None,
-    download: bool = True,
-    **opts: Any,
-) -> Split:
-    """Split of a named dataset. Datasets with a published split (``citeulike-t-td``, LightGCN
-    datasets) default to ``fixed``; others to ``loo``. Loader options (min_rating, user_k,
-    item_k) go to :func:`recpress.data.registry.load_dataset`, the rest to :func:`split`."""
-    from recpress.data import registry
-
-    return registry.load_split(name, protocol, seed=seed, path=path, download=download, **opts)

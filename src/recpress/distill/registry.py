@@ -139,14 +139,19 @@ def prepare_distillers(
 ) -> None:
     """Check what each method needs from the teacher, bind the student, then ``prepare``.
 
+    `knowledge` is one `Knowledge` for every distiller, or a list of one per distiller (each
+    method learning from its own teacher).
+
     Distillers that create auxiliary modules sized by the student implement
     ``bind_student(student, seed)``; it is called before ``prepare``.
     """
-    check_requires(distillers, knowledge)
-    for i, (d, _) in enumerate(distillers):
+    per = list(knowledge) if isinstance(knowledge, (list, tuple)) else [knowledge] * len(distillers)
+    for pair, k in zip(distillers, per, strict=True):
+        check_requires([pair], k)
+    for i, ((d, _), k) in enumerate(zip(distillers, per, strict=True)):
         if student is not None and hasattr(d, "bind_student"):
             d.bind_student(student, seed=seed + 7919 * (i + 1))
-        d.prepare(knowledge.teacher, split, knowledge)
+        d.prepare(k.teacher, split, k)
 
 
 def check_requires(distillers: list[tuple[Distiller, float]], knowledge) -> None:

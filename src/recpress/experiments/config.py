@@ -6,71 +6,83 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
+from recpress.data.config import DataConfig
 from recpress.errors import ConfigError
+from recpress.models.config import ModelConfig
+from recpress.schema import load_yaml, parse_config, validation_message
 from recpress.training.config import TrainConfig
 
+__all__ = [
+    "DataConfig",
+    "DistillConfig",
+    "ModelConfig",
+    "RunConfig",
+    "apply_overrides",
+    "load_yaml",
+    "normalise_run_yaml",
+    "parse_config",
+    "parse_value",
+    "set_values",
+    "student_config",
+    "validation_message",
+]
 
-class DataConfig(BaseModel):
-    """Which data and which split protocol.
-
-    ``dataset`` is a registry name (``recpress datasets`` lists them); ``path`` overrides where
-    its files are looked up. Your own files: ``interactions`` (one file, split by ``protocol``)
-    or ``train``/``valid``/``test`` (a fixed split), read as ``format``; then ``dataset`` is
-    only a label. ``protocol`` None means the dataset's default (``fixed`` for a
-    dataset that ships its split, ``loo`` otherwise).
-    """
-
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: str = "citeulike-t-td"
-    path: str | None = None
-    protocol: str | None = None
-    split_seed: int = 0
-    min_rating: float | None = None
-    kcore: int = Field(0, ge=0)
-    interactions: str | None = Field(None, description="your own interactions file")
-    train: str | None = Field(None, description="your own training file (fixed split)")
-    valid: str | None = None
-    test: str | None = None
-    format: str | None = Field(
-        None, description="users-dat, pairs, movielens, lightgcn, recbole or table"
-    )
-    columns: dict[str, str] | None = Field(
-        None, description="table format: column names for user, item, rating, timestamp"
-    )
-
-
-class ModelConfig(BaseModel):
-    """Which base model and its hyperparameters."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = "bpr"
-    embedding_dim: int = Field(200, ge=1)
-    init_std: float = Field(0.01, gt=0)
+#: the teacher name of the single-teacher form ``distill: {teacher: PATH}``
+SINGLE_TEACHER = "teacher"
 
 
 class DistillConfig(BaseModel):
-    """Knowledge distillation of the student from a teacher.
+    """Knowledge distillation of the student from one or more teachers.
 
-    ``teacher``: a teacher run directory (or an external teacher .npz, see
-    :mod:`recpress.distill.teachers`). ``method``: a registered method or a composition such as
-    ``de+rrd``; ``none`` trains a plain student the same way. ``weights``: λ per method
-    (missing → the method's default, methods.md); each method's loss is reduced with its own
-    ``reduction`` parameter (sum by default, as the references). ``params``: per-method
-    hyperparameters (missing → the paper defaults). ``topn``: length of the teacher top-N lists
-    precomputed and cached with the teacher (methods that need longer lists compute them).
+    ``teachers``: name -> a teacher run directory (or an external teacher .npz, see
+    :mod:`recpress.distill.teachers`). The single form ``teacher: PATH`` means
+    ``teachers: {teacher: PATH}`` and is how such a config is dumped, so configs stored by older
+    versions stay the same. ``teacher_of``: method term -> teacher name; a term not listed uses
+    the only teacher (with several teachers every term must be listed). ``method``: a
+    registered method or a composition such as ``de+rrd``; ``none`` trains a plain student the
+    same way. ``weights``: λ per method (missing → the method's default, methods.md); each
+    method's loss is reduced with its own ``reduction`` parameter (sum by default, as the
+    references). ``params``: per-method hyperparameters (missing → the paper defaults).
+    ``topn``: length of the teacher top-N lists precomputed and cached with each teacher
+    (methods that need longer lists compute them).
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    teacher: str
+    teachers: dict[str, str]
+    teacher_of: dict[str, str] = Field(default_factory=dict)
     method: str = "none"
     weights: dict[str, float] = Field(default_factory=dict)
     params: dict[str, dict[str, Any]] = Field(default_factory=dict)
     topn: int = Field(500, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single_teacher(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "teacher" in data:
+            data = dict(data)
+            if "teachers" in data:
+                raise ValueError(
+                    "give either teacher (one path) or teachers (name: path), not both"
+                )
+            data["teachers"] = {SINGLE_TEACHER: data.pop("teacher")}
+        return data
+
+    @field_validator("teachers")
+    @classmethod
+    def _some_teacher(cls, teachers: dict[str, str]) -> dict[str, str]:
+        if not teachers:
+            raise ValueError("needs at least one teacher (teachers: {name: run directory or .npz})")
+        return teachers
 
     @field_validator("weights")
     @classmethod
@@ -81,6 +93,42 @@ class DistillConfig(BaseModel):
             if not math.isfinite(w):
                 raise ValueError(f"KD weight of {name!r} must be a finite number, got {w}")
         return weights
+
+    @model_validator(mode="after")
+    def _known_teachers(self) -> DistillConfig:
+        names = ", ".join(self.teachers)
+        for term, name in self.teacher_of.items():
+            if name not in self.teachers:
+                raise ValueError(
+                    f"teacher_of.{term} names teacher {name!r}, but the teachers are: {names}"
+                )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler) -> dict[str, Any]:
+        data = handler(self)
+        if list(self.teachers) == [SINGLE_TEACHER] and not self.teacher_of:
+            path = data.pop("teachers")[SINGLE_TEACHER]
+            data.pop("teacher_of", None)
+            data = {"teacher": path, **data}
+        return data
+
+    @property
+    def teacher(self) -> str | None:
+        """The path of the only teacher (None with several)."""
+        return next(iter(self.teachers.values())) if len(self.teachers) == 1 else None
+
+    def teacher_for(self, term: str) -> str:
+        """Name of the teacher of method term `term` (ConfigError when ambiguous)."""
+        if term in self.teacher_of:
+            return self.teacher_of[term]
+        if len(self.teachers) == 1:
+            return next(iter(self.teachers))
+        raise ConfigError(
+            f"method {term!r} names no teacher, and there are several: "
+            f"{', '.join(self.teachers)}; set distill.teacher_of.{term} to one of them",
+            field=f"distill.teacher_of.{term}",
+        )
 
 
 class RunConfig(BaseModel):
@@ -106,44 +154,6 @@ class RunConfig(BaseModel):
 def normalise_run_yaml(text: str) -> str:
     """A stored run config.yaml re-read with the current schema (defaults filled) and dumped."""
     return parse_config(RunConfig, yaml.safe_load(text) or {}).to_yaml()
-
-
-def validation_message(err: ValidationError, source: str = "config") -> str:
-    """Turn a pydantic error into one line per bad field: `field: problem (allowed ...)`."""
-    lines = []
-    for e in err.errors():
-        where = ".".join(str(x) for x in e["loc"]) or "(root)"
-        msg = e["msg"]
-        if e["type"] == "extra_forbidden":
-            msg = "unknown key"
-        if e["type"] == "literal_error" and "expected" in e.get("ctx", {}):
-            msg = f"must be one of {e['ctx']['expected']}"
-        lines.append(f"{where}: {msg}")
-    return f"invalid {source}: " + "; ".join(lines)
-
-
-def parse_config(cls: type[BaseModel], data: dict[str, Any], source: str = "config"):
-    """Validate `data` into `cls`, raising ConfigError that names each bad field."""
-    try:
-        return cls.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(validation_message(err, source)) from None
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; errors name the file."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"config file {p} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{p}: not valid YAML ({err})") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping of sections")
-    return data
 
 
 def parse_value(text: str) -> Any:
@@ -184,19 +194,21 @@ def set_values(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
 
 
 def student_config(
-    teacher: str | Path,
+    teacher: str | Path | dict[str, str | Path],
     method: str,
     dim: int,
     seed: int | None = None,
     epochs: int | None = None,
     assignments: list[str] | None = None,
     values: dict[str, Any] | None = None,
+    teacher_of: dict[str, str] | None = None,
 ) -> RunConfig:
-    """The run config of a student distilled from `teacher`.
+    """The run config of a student distilled from `teacher` (a path, or name -> path).
 
-    Data and train sections (and the model name) come from the teacher run's config.yaml; the
-    student's width is `dim`. ``assignments`` are ``--set`` strings, ``values`` parsed values by
-    dotted key; both are applied last. Raises ConfigError on any bad input.
+    Data and train sections (and the model name) come from the (first) teacher run's
+    config.yaml; the student's width is `dim`. ``teacher_of`` maps method terms to teacher names.
+    ``assignments`` are ``--set`` strings, ``values`` parsed values by dotted key; both are
+    applied last. Raises ConfigError on any bad input.
     """
     try:
         dim_ok = int(dim) > 0 and int(dim) == dim
@@ -204,19 +216,27 @@ def student_config(
         dim_ok = False
     if not dim_ok:
         raise ConfigError(f"student dimension must be a positive integer, got {dim!r}", "--dim")
-    tpath = Path(teacher)
-    if not tpath.exists():
+    named = dict(teacher) if isinstance(teacher, dict) else {SINGLE_TEACHER: teacher}
+    if not named:
         raise ConfigError(
-            f"teacher {tpath} does not exist; pass a run directory written by `recpress train` "
-            "or an .npz teacher",
-            field="--teacher",
+            "give a teacher (--teacher PATH or --teachers name=PATH,...)", "--teacher"
         )
-    data: dict[str, Any] = {}
-    if tpath.is_dir():
-        if not (tpath / "config.yaml").is_file():
+    paths = {name: Path(p) for name, p in named.items()}
+    for name, tpath in paths.items():
+        where = "--teacher" if name == SINGLE_TEACHER else f"--teachers {name}"
+        if not tpath.exists():
             raise ConfigError(
-                f"teacher {tpath} is not a run directory (no config.yaml)", field="--teacher"
+                f"teacher {tpath} does not exist; pass a run directory written by `recpress "
+                "train` or an .npz teacher",
+                field=where,
             )
+        if tpath.is_dir() and not (tpath / "config.yaml").is_file():
+            raise ConfigError(
+                f"teacher {tpath} is not a run directory (no config.yaml)", field=where
+            )
+    data: dict[str, Any] = {}
+    tpath = next((p for p in paths.values() if p.is_dir()), None)
+    if tpath is not None:
         tdata = load_yaml(tpath / "config.yaml")
         data = {k: tdata[k] for k in ("data", "train") if k in tdata}
         data["model"] = dict(tdata.get("model", {}))
@@ -226,7 +246,14 @@ def student_config(
         train["seed"] = seed
     if epochs is not None:
         train["epochs"] = epochs
-    data["distill"] = {"teacher": str(tpath), "method": method}
+    if list(paths) == [SINGLE_TEACHER] and not teacher_of:
+        data["distill"] = {"teacher": str(paths[SINGLE_TEACHER]), "method": method}
+    else:
+        data["distill"] = {
+            "teachers": {name: str(p) for name, p in paths.items()},
+            "teacher_of": dict(teacher_of or {}),
+            "method": method,
+        }
     apply_overrides(data, assignments or [])
     set_values(data, values or {})
     return parse_config(RunConfig, data, "student config")

@@ -8,51 +8,37 @@ from typing import Any
 
 import torch
 
+from recpress.data.config import DataConfig
+from recpress.data.config import load_split_for as load_data_split
 from recpress.data.types import Split
-from recpress.experiments.config import RunConfig, normalise_run_yaml
-from recpress.experiments.rundir import (
+from recpress.distill.knowledge import Knowledge
+from recpress.distill.registry import check_requires, describe, make_distillers, prepare_distillers
+from recpress.distill.teachers import load_teacher, teacher_info
+from recpress.errors import ConfigError
+from recpress.experiments.config import RunConfig, normalise_run_yaml, parse_config
+from recpress.models import Recommender, make_model
+from recpress.runs import (
+    CHECKPOINT,
     METRICS,
     SPLIT,
     prepare_run_dir,
     read_json,
     write_json,
 )
-from recpress.models import Recommender, make_model
+from recpress.runs import load_run as load_saved_run
 from recpress.training import Trainer
-from recpress.training.trainer import CHECKPOINT
+from recpress.training.trainer import resolve_device
 
 
-def load_split_for(config: RunConfig) -> Split:
-    """Load the split a config names (raises DataError / ConfigError on bad input)."""
-    from recpress.data import load_split
-
-    d = config.data
-    clean: dict[str, Any] = {}
-    if d.min_rating is not None:
-        clean["min_rating"] = d.min_rating
-    if d.kcore:
-        clean.update(user_k=d.kcore, item_k=d.kcore)
-    if d.interactions or d.train or d.valid or d.test:
-        from recpress.data.files import load_files_split
-
-        return load_files_split(
-            interactions=d.interactions,
-            train=d.train,
-            valid=d.valid,
-            test=d.test,
-            fmt=d.format,
-            columns=d.columns,
-            protocol=d.protocol,
-            seed=d.split_seed,
-            name=d.dataset,
-            **clean,
-        )
-    return load_split(d.dataset, protocol=d.protocol, seed=d.split_seed, path=d.path, **clean)
+def load_split_for(config: RunConfig | DataConfig) -> Split:
+    """Load the split a run config (or its data section) names (DataError / ConfigError)."""
+    return load_data_split(config.data if isinstance(config, RunConfig) else config)
 
 
 def build_model(config: RunConfig) -> Recommender:
+    """The run's model with its hyperparameters (call ``build(split)`` next)."""
     m = config.model
-    return make_model(m.name, embedding_dim=m.embedding_dim, init_std=m.init_std)
+    return make_model(m.name, **m.params)
 
 
 def split_record(split: Split) -> dict[str, Any]:
@@ -62,6 +48,27 @@ def split_record(split: Split) -> dict[str, Any]:
         "fingerprint": split.fingerprint(),
         **split.stats(),
     }
+
+
+def load_teachers(config: RunConfig, split: Split) -> dict[str, Knowledge]:
+    """Each teacher of the distill section loaded once: name -> its Knowledge for `split`."""
+    assert config.distill is not None
+    teachers = config.distill.teachers.items()
+    return {name: load_teacher(path, split, name=name) for name, path in teachers}
+
+
+def _bind_teachers(config: RunConfig, distillers, knowledge: dict[str, Knowledge]) -> list:
+    """The Knowledge of each configured distiller's own teacher, in distiller order."""
+    cfg_d = config.distill
+    terms = [d.name for d, _ in distillers]
+    unused = sorted(set(cfg_d.teacher_of) - set(terms))
+    if unused:
+        raise ConfigError(
+            f"distill.teacher_of names {', '.join(unused)}, which method {cfg_d.method!r} does "
+            f"not use; its terms: {', '.join(terms) or '(none)'}",
+            field="distill.teacher_of",
+        )
+    return [knowledge[cfg_d.teacher_for(term)] for term in terms]
 
 
 def train_run(
@@ -75,24 +82,30 @@ def train_run(
 ) -> dict[str, Any]:
     """Train the model of `config` into run directory `out` and return its metrics.
 
-    Every input is validated (data loaded, model built) before the directory is created, so a
-    bad input leaves nothing behind. A finished run is not retrained; an interrupted one resumes.
+    Every input is validated (data loaded, model built, teachers loaded and checked against
+    the methods that use them) before the directory is created, so a bad input leaves nothing
+    behind. A finished run is not retrained; an interrupted one resumes. The efficiency
+    profile (``config.profile``) is the caller's: `recpress.serving.profile.profile_run`.
     """
     split = split if split is not None else load_split_for(config)
     split.check_trainable()
     model = build_model(config)
     out = Path(out)
     distillers = list(distillers)
-    knowledge = None
+    teachers: dict[str, Knowledge] = {}
+    bound: list[Knowledge] = []
+    n_configured = 0
     if config.distill is not None:
         # validated before the run directory exists: a bad input leaves nothing behind
-        from recpress.distill.registry import check_requires, make_distillers
-        from recpress.distill.teachers import load_teacher
-
         cfg_d = config.distill
         configured = make_distillers(cfg_d.method, cfg_d.weights, cfg_d.params)
-        knowledge = load_teacher(cfg_d.teacher, split)
-        check_requires(configured, knowledge)
+        teachers = load_teachers(config, split)
+        bound = _bind_teachers(config, configured, teachers)
+        for (d, w), k in zip(configured, bound, strict=True):
+            check_requires([(d, w)], k)
+        # extra distillers (given by code) learn from the first teacher
+        bound += [next(iter(teachers.values()))] * len(distillers)
+        n_configured = len(configured)
         distillers = configured + distillers
     state = prepare_run_dir(
         out, config.to_yaml(), overwrite=overwrite, normalise=normalise_run_yaml
@@ -102,7 +115,9 @@ def train_run(
     write_json(out / SPLIT, split_record(split))
     extra_metrics = dict(extra_metrics or {})
     if config.distill is not None:
-        extra_metrics.update(_prepare_distillation(config, model, split, knowledge, distillers))
+        extra_metrics.update(
+            _prepare_distillation(config, model, split, teachers, bound, distillers, n_configured)
+        )
     started = time.perf_counter()
     result = Trainer(config.train).fit(
         model, split, distillers=distillers, run_dir=out, progress=progress
@@ -130,67 +145,54 @@ def train_run(
         metrics.update(extra_metrics)
     write_json(out / METRICS, metrics)
     (out / CHECKPOINT).unlink(missing_ok=True)
-    if config.profile:
-        from recpress.serving.profile import profile_run
-
-        metrics["profile"] = profile_run(out, write=True, n_requests=100)
     return metrics
 
 
-def _prepare_distillation(config: RunConfig, model, split, knowledge, distillers) -> dict:
-    """Precompute teacher knowledge and build auxiliary modules (timed; not epoch time)."""
-    from recpress.distill.registry import describe, prepare_distillers
-    from recpress.distill.teachers import teacher_info
-    from recpress.training.trainer import resolve_device
-
+def _prepare_distillation(
+    config: RunConfig,
+    model,
+    split,
+    teachers: dict[str, Knowledge],
+    bound: list[Knowledge],
+    distillers,
+    n_configured: int,
+) -> dict:
+    """Precompute each teacher's knowledge and build auxiliary modules (timed; not epoch time)."""
     cfg_d = config.distill
     device = resolve_device(config.train.device)
     t0 = time.perf_counter()
-    knowledge.to(device)
-    if distillers and knowledge.teacher is not None:
-        knowledge.user_topk(min(cfg_d.topn, split.n_items))  # shared cache
-    prepare_distillers(distillers, knowledge, split, student=model, seed=config.train.seed)
+    used = {id(k) for k in bound}
+    for knowledge in teachers.values():
+        knowledge.to(device)
+        if id(knowledge) in used and knowledge.teacher is not None:
+            knowledge.user_topk(min(cfg_d.topn, split.n_items))  # shared cache
+    prepare_distillers(distillers, bound, split, student=model, seed=config.train.seed)
     prepare_seconds = time.perf_counter() - t0
     info = describe(distillers)
     info["method"] = cfg_d.method
     info["topn"] = cfg_d.topn
-    return {
-        "distill": info,
-        "teacher": teacher_info(cfg_d.teacher),
-        "prepare_seconds": round(prepare_seconds, 3),
-        "knowledge_lists_computed": knowledge.computed,
-    }
+    out: dict[str, Any] = {"distill": info}
+    if cfg_d.teacher is not None:  # one teacher: the record of every earlier version
+        out["teacher"] = teacher_info(cfg_d.teacher)
+    else:
+        info["teacher_of"] = {
+            d.name: cfg_d.teacher_for(d.name) for d, _ in distillers[:n_configured]
+        }
+        out["teachers"] = {name: teacher_info(path) for name, path in cfg_d.teachers.items()}
+    out["prepare_seconds"] = round(prepare_seconds, 3)
+    out["knowledge_lists_computed"] = int(sum(k.computed for k in teachers.values()))
+    return out
 
 
 def load_run(
     run_dir: str | Path, split: Split | None = None
 ) -> tuple[RunConfig, Recommender, Split]:
-    """Rebuild a saved run: its config, its model with the selected weights, and its split.
+    """A saved run as (its RunConfig, its model with the selected weights, its split).
 
-    The split is checked against the fingerprint recorded in the run.
+    The split is checked against the fingerprint recorded in the run; see
+    :func:`recpress.runs.load_run` for the stage-independent `LoadedRun`.
     """
-    from safetensors.torch import load_file
-
-    from recpress.errors import ConfigError
-    from recpress.experiments.config import load_yaml, parse_config
-    from recpress.experiments.rundir import CONFIG
-    from recpress.training.trainer import WEIGHTS
-
     run_dir = Path(run_dir)
-    if not (run_dir / CONFIG).is_file():
-        raise ConfigError(f"{run_dir} is not a run directory (no {CONFIG}); pass a --out of train")
-    if not (run_dir / WEIGHTS).is_file():
-        raise ConfigError(f"{run_dir} has no {WEIGHTS} yet: train it first (rerun `train`)")
-    config = parse_config(RunConfig, load_yaml(run_dir / CONFIG), str(run_dir / CONFIG))
-    split = split if split is not None else load_split_for(config)
-    record = run_dir / SPLIT
-    if record.is_file():
-        expected = read_json(record).get("fingerprint")
-        if expected and expected != split.fingerprint():
-            raise ConfigError(
-                f"{run_dir} was trained on a split with fingerprint {expected}, but the data "
-                f"found now has {split.fingerprint()}; point --data-path at the original data"
-            )
-    model = build_model(config).build(split.n_users, split.n_items)
-    model.load_state_dict(load_file(str(run_dir / WEIGHTS)))
-    return config, model, split
+    loaded = load_saved_run(run_dir, split=split)
+    config = parse_config(RunConfig, dict(loaded.config), str(run_dir / "config.yaml"))
+    return config, loaded.model, loaded.split

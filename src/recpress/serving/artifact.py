@@ -136,17 +136,15 @@ class Artifact:
     @classmethod
     def from_run(cls, run_dir: str | Path, split=None) -> Artifact:
         """Build (in memory) the artifact of a finished run directory."""
-        from recpress.experiments.run import load_run
-        from recpress.experiments.rundir import METRICS, read_json
+        from recpress.runs import load_run
 
-        run_dir = Path(run_dir)
-        config, model, split = load_run(run_dir, split=split)
+        run = load_run(run_dir, split=split)
         return cls.from_model(
-            model,
-            split,
-            config=config.model_dump(mode="json"),
-            metrics=read_json(run_dir / METRICS) if (run_dir / METRICS).is_file() else {},
-            source=str(run_dir),
+            run.model,
+            run.split,
+            config=dict(run.config),
+            metrics=run.metrics or {},
+            source=str(run.path),
         )
 
     @classmethod

@@ -265,8 +265,7 @@ def export_run(
     The report holds the files and bytes, the parity check of an exported scorer and, with
     quantisation, the measured metric change on the test phase.
     """
-    from recpress.experiments.run import load_run
-    from recpress.experiments.rundir import METRICS, read_json
+    from recpress.runs import load_run
 
     if format not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
@@ -278,13 +277,10 @@ def export_run(
     if out.exists() and not overwrite:
         raise ConfigError(f"{out} exists; choose another --out or pass --overwrite")
     run_dir = Path(run_dir)
-    config, model, split = load_run(run_dir, split=split)
+    run = load_run(run_dir, split=split)
+    model, split = run.model, run.split
     base = Artifact.from_model(
-        model,
-        split,
-        config=config.model_dump(mode="json"),
-        metrics=read_json(run_dir / METRICS) if (run_dir / METRICS).is_file() else {},
-        source=str(run_dir),
+        model, split, config=dict(run.config), metrics=run.metrics or {}, source=str(run_dir)
     )
     report: dict[str, Any] = {
         "run_dir": str(run_dir),

@@ -27,10 +27,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from recpress.runs import (
+    CONFIG,
+    METRICS,
+    PROFILE,
+    WEIGHTS,
+    check_run_dir,
+    load_split_of,
+    read_json,
+    write_json,
+)
 from recpress.serving.artifact import Artifact
 from recpress.serving.recommender import TopKRecommender
-
-PROFILE = "profile.json"
 
 
 def _peak_rss_mb() -> float:
@@ -141,9 +149,6 @@ def _teacher_dir(run_dir: Path, metrics: dict[str, Any]) -> Path | None:
 
 
 def _run_profile(run_dir: Path, split=None, **kwargs: Any) -> tuple[dict[str, Any], Any]:
-    from recpress.experiments.rundir import METRICS, read_json
-    from recpress.training.trainer import WEIGHTS
-
     art = Artifact.from_run(run_dir, split=split)
     metrics = read_json(run_dir / METRICS) if (run_dir / METRICS).is_file() else {}
     prof = profile_artifact(art, **kwargs)
@@ -196,16 +201,14 @@ def profile_run(
     ``"profile"`` to its metrics.json (rewritten atomically).
     """
     from recpress.errors import ConfigError
-    from recpress.experiments.run import load_run
-    from recpress.experiments.rundir import METRICS, read_json, write_json
 
-    run_dir = Path(run_dir)
+    run_dir = check_run_dir(run_dir)
     kwargs = dict(k=k, n_requests=n_requests, warmup=warmup, repeats=repeats)
-    _, _, split = load_run(run_dir)
+    split = load_split_of(run_dir)
     prof, metrics = _run_profile(run_dir, split=split, **kwargs)
     tdir = Path(teacher) if teacher is not None else _teacher_dir(run_dir, metrics)
     if tdir is not None:
-        if not (tdir / "config.yaml").is_file():
+        if not (tdir / CONFIG).is_file():
             raise ConfigError(f"teacher run {tdir} not found (named by {run_dir}/{METRICS})")
         cached = tdir / PROFILE
         tprof = read_json(cached) if cached.is_file() else None

@@ -17,13 +17,9 @@ from recpress.data.sampling import epoch_triples
 from recpress.data.types import Split
 from recpress.fileio import atomic_write_bytes
 from recpress.models.base import Recommender, TripletBatch
+from recpress.runs import AUX_WEIGHTS, CHECKPOINT, HISTORY, WEIGHTS  # noqa: F401 (names kept here)
 from recpress.training.config import TrainConfig
 from recpress.training.optim import make_optimizer
-
-CHECKPOINT = "checkpoint.pt"
-HISTORY = "history.csv"
-WEIGHTS = "model.safetensors"
-AUX_WEIGHTS = "aux.safetensors"
 
 
 def resolve_device(device: str) -> torch.device:
@@ -94,7 +90,7 @@ class Trainer:
         device = resolve_device(cfg.device)
         generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
         if not model.is_built:
-            model.build(split.n_users, split.n_items, generator=generator)
+            model.build(split, generator=generator)
         model.to(device)
         for d, _ in distillers:
             d.to(device)

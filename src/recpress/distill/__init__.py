@@ -25,6 +25,8 @@ for _mod in (
     "dual_correction",
     "unbiased",
     "topology",
+    "rce_kd",
+    "pckd",
 ):
     try:
         __import__(f"recpress.distill.{_mod}")

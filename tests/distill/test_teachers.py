@@ -136,3 +136,32 @@ def test_npz_embedding_teacher_is_read_only_dot_product(two_teachers, tmp_path):
     items = torch.tensor([[1, 2], [5, 0]])
     torch.testing.assert_close(k.score_items(users, items), k.teacher.score(users).gather(1, items))
     assert k.cache_dir == tmp_path / "emb.knowledge"
+
+
+def _cli(argv: list[str], capsys) -> tuple[int, str]:
+    from recpress.cli import main
+
+    try:
+        main(argv)
+        code = 0
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out + err
+
+
+def test_cli_teachers_and_teacher_of(two_teachers, tmp_path, capsys):
+    _, a, b = two_teachers
+    out = tmp_path / "s"
+    args = ["distill", "--method", "rrd+ftd", "--dim", "4", "--out", str(out), "--epochs", "1"]
+    args += ["--no-progress", "--set", "profile=false", "--set", "train.eval_every=1"]
+    args += [f"--set=distill.params.rrd.{k}={v}" for k, v in FAST["rrd"].items()]
+    code, text = _cli([*args, "--teachers", f"a={a},b={b}", "--teacher-of", "rrd=a,ftd=b"], capsys)
+    assert code == 0, text
+    cfg = yaml.safe_load((out / "config.yaml").read_text())["distill"]
+    assert cfg["teachers"] == {"a": str(a), "b": str(b)}
+    assert cfg["teacher_of"] == {"rrd": "a", "ftd": "b"}
+    code, text = _cli([*args, "--teachers", f"a={a},b"], capsys)
+    assert code == 2 and "--teachers expects name=value" in text
+    code, text = _cli([*args, "--teacher", str(a), "--teachers", f"a={a}"], capsys)
+    assert code == 2 and "give one of --teacher" in text

@@ -16,10 +16,11 @@ The stages, in order (a module may import from its own stage or an earlier one):
     AssertionError: imports from a later stage:
       recpress.distill.teachers (distill) imports recpress.experiments.run (experiments)
 
-and after adding ``from recpress.data import load_split`` inside ``data/splits.py``::
+and after adding ``from recpress.data import load_split`` inside a function of
+``data/splits.py`` (the package ``__init__`` imports ``splits``)::
 
     AssertionError: import cycles:
-      recpress.data -> recpress.data.registry -> recpress.data.splits -> recpress.data
+      recpress.data -> recpress.data.splits -> recpress.data
 """
 
 from __future__ import annotations
@@ -154,6 +155,17 @@ def test_graph_sees_function_level_and_relative_imports() -> None:
     assert len(graph) > 40
     assert "recpress.errors" in graph["recpress"]  # module level, from-import of a module
     assert "recpress.cli" in graph["recpress.__main__"]
+
+
+def test_imports_inside_functions_and_relative_imports_count(tmp_path: Path) -> None:
+    pkg = tmp_path / "recpress" / "sub"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("from . import a\n")
+    (pkg / "a.py").write_text("def f():\n    from ..errors import ConfigError\n")
+    modules = {"recpress.sub": pkg / "__init__.py", "recpress.sub.a": pkg / "a.py"}
+    modules["recpress.errors"] = ROOT / "errors.py"
+    assert imports_of("recpress.sub", modules["recpress.sub"], modules) == {"recpress.sub.a"}
+    assert imports_of("recpress.sub.a", modules["recpress.sub.a"], modules) == {"recpress.errors"}
 
 
 def test_cycle_finder_reports_a_cycle() -> None:

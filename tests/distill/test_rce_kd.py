@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -108,15 +109,30 @@ def test_sample_never_repeats_and_follows_weights():
 
 
 @pytest.mark.parametrize(
-    "tau,beta,weighting", [(1.0, 3.0, "rows"), (0.5, 1.0, "rows"), (2.0, 3.0, "unique")]
+    "tau,beta,weighting,near",
+    [
+        (1.0, 3.0, "rows", False),
+        (0.5, 1.0, "rows", False),
+        (2.0, 3.0, "unique", False),
+        (1.0, 3.0, "rows", True),
+    ],
 )
-def test_loss_and_gradients_match_loop(tau, beta, weighting):
+def test_loss_and_gradients_match_loop(tau, beta, weighting, near):
     split, teacher, student, kn = tiny()
+    if near:  # a student close to the teacher: S_u overlaps T_u, so the union mask matters
+        student = copy.deepcopy(teacher).requires_grad_(True).train()
+        noise = torch.randn(
+            student.item_emb.weight.shape, generator=torch.Generator().manual_seed(0)
+        )
+        with torch.no_grad():
+            student.item_emb.weight.add_(0.05 * noise)
     d = RCEKD(K=3, L=2, mxK=6, T_s=1.0, tau=tau, beta=beta, user_weighting=weighting)
     d.prepare(teacher, split, kn)
     d.on_epoch_start(student, 0, torch.Generator().manual_seed(1))
     users = [0, 1, 1, 3, 2, 1]
     ref_users = users if weighting == "rows" else [0, 1, 2, 3]
+    if near:
+        assert not bool(d.keep_teacher.all())
     got = d.loss(student, batch(users), 0)
     got.backward()
     g_got = [p.grad.to_dense().clone() for p in student.parameters()]

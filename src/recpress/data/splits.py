@@ -240,4 +240,3 @@ def split(interactions: Interactions, protocol: str, seed: int = 0, **opts: Any)
             field="protocol",
         )
     return split_from_parts(interactions, part, protocol)
-

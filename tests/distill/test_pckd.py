@@ -223,3 +223,17 @@ def test_three_epoch_fit_finite_deterministic_and_resumes(tmp_path):
     assert a != _fit(tmp_path / "c", 1, 3, kn, split)
     _fit(tmp_path / "d", 0, 2, kn, split)
     assert _fit(tmp_path / "d", 0, 3, kn, split) == a  # resumed from epoch 2's checkpoint
+
+
+def test_defaults_capped_at_a_small_catalogue_and_mask_train():
+    split, _, student, kn = tiny()
+    d = PCKD(n_experts=3)  # mxK = 100 > 12 items: capped
+    prepare_distillers([(d, 1.0)], kn, split, student=student)
+    d.on_epoch_start(student, 0, torch.Generator().manual_seed(0))
+    assert d.teacher_lists.shape == (4, 12) and d.list_items.shape == (4, 5)
+    assert torch.isfinite(d.loss(student, the_batch(), 0))
+    m = make(split, student, kn, mask_train=True, mxK=5)
+    m.on_epoch_start(student, 0, torch.Generator().manual_seed(0))
+    for u in range(4):
+        seen = set(split.train[u].indices.tolist())
+        assert not seen & (set(m.teacher_lists[u].tolist()) | set(m.list_items[u].tolist()))

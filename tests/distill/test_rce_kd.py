@@ -196,3 +196,21 @@ def test_three_epoch_fit_finite_deterministic_and_resumes(tmp_path):
     assert a != _fit(tmp_path / "c", 1, 3, kn, split)
     _fit(tmp_path / "d", 0, 2, kn, split)
     assert _fit(tmp_path / "d", 0, 3, kn, split) == a  # resumed from epoch 2's checkpoint
+
+
+def test_defaults_capped_at_a_small_catalogue_and_mask_train():
+    split, teacher, student, kn = tiny()
+    d = RCEKD()  # K = L = 50, mxK = 200 > 12 items: capped, as KD's k
+    d.prepare(teacher, split, kn)
+    d.on_epoch_start(student, 0, torch.Generator().manual_seed(0))
+    assert d.student_top.shape == (4, 12) and d.interesting.shape == (4, 12)
+    assert torch.isfinite(d.loss(student, batch([0, 1, 2]), 0))
+    m = RCEKD(K=3, L=2, mxK=6, mask_train=True)
+    m.prepare(teacher, split, kn)
+    m.on_epoch_start(student, 0, torch.Generator().manual_seed(0))
+    for u in range(4):
+        seen = set(split.train[u].indices.tolist())
+        assert not seen & set(m.teacher_lists[u].tolist())
+        assert not seen & set(m.student_top[u].tolist()) and not seen & set(
+            m.interesting[u].tolist()
+        )

@@ -61,7 +61,7 @@ class PCKD(DistillationExperts):
     teacher list length (100), Q items per user (5), tau_ce τ_ce (0.1), variant "list" |
     "pair", mask_train (exclude training items from the teacher list; reference False),
     user_weighting of the regulariser "rows" (batch rows) | "unique" users (the DE term always
-    uses unique users).
+    uses unique users). mxK and Q are capped at the number of items.
 
     Reference λ = 0.05 (``default_weight``), wd 1e-4, batch 2048.
     """
@@ -103,6 +103,7 @@ class PCKD(DistillationExperts):
             raise ValueError("the pair variant needs Q >= 2")
         self.mask_train = bool(mask_train)
         self.user_weighting = check_choice("user_weighting", user_weighting, ("rows", "unique"))
+        self._mxk, self._q = self.mxK, self.Q  # effective, set by prepare
         # per-epoch list sample (checkpointed); the teacher list is recomputed by prepare
         self.register_buffer("list_items", torch.zeros(0, 0, dtype=torch.int64))
         self.register_buffer(
@@ -118,24 +119,22 @@ class PCKD(DistillationExperts):
 
     def prepare(self, teacher, split, knowledge=None) -> None:
         super().prepare(teacher, split, knowledge)
-        if self.mxK > split.n_items:
-            raise ConfigError(
-                f"method 'pckd': mxK={self.mxK} exceeds the {split.n_items} items; lower mxK",
-                field="distill.params.pckd",
-            )
-        lists = knowledge.user_topk(self.mxK, mask_train=self.mask_train, needed_by=self.name)
+        # list lengths capped at the catalogue (as KD's k)
+        self._mxk = min(self.mxK, split.n_items)
+        self._q = min(self.Q, self._mxk)
+        lists = knowledge.user_topk(self._mxk, mask_train=self.mask_train, needed_by=self.name)
         if bool((lists < 0).any()):
             raise ConfigError(
-                f"method 'pckd': some users have fewer than mxK={self.mxK} unobserved items; "
+                f"method 'pckd': some users have fewer than mxK={self._mxk} unobserved items; "
                 "lower mxK or set mask_train: false",
                 field="distill.params.pckd",
             )
         self.teacher_lists = lists.to(torch.int64)
-        self.list_items = torch.zeros(split.n_users, self.Q, dtype=torch.int64)
+        self.list_items = torch.zeros(split.n_users, self._q, dtype=torch.int64)
 
     def on_epoch_start(self, student, epoch: int, generator: torch.Generator) -> None:
         super().on_epoch_start(student, epoch, generator)
-        self.list_items.copy_(rank_sample(self.teacher_lists, self.Q, self.T, generator))
+        self.list_items.copy_(rank_sample(self.teacher_lists, self._q, self.T, generator))
 
     def loss(self, student, batch, epoch: int) -> torch.Tensor:
         tau = self.tau(epoch)

@@ -116,7 +116,8 @@ class RCEKD(Distiller):
         reduction: "sum" (reference) or "mean" over the KD rows.
         user_weighting: "rows" (reference: one term per batch row) or "unique" users.
 
-    Reference λ = 500 (``default_weight``); lr / wd 1e-3 / 1e-5, batch 2048.
+    K, L and mxK are capped at the number of items. Reference λ = 500 (``default_weight``);
+    lr / wd 1e-3 / 1e-5, batch 2048.
     """
 
     name = "rce-kd"
@@ -163,58 +164,57 @@ class RCEKD(Distiller):
         self.register_buffer(
             "teacher_lists", torch.zeros(0, 0, dtype=torch.int64), persistent=False
         )
+        self._k, self._l, self._mxk = self.K, self.L, self.mxK  # effective, set by prepare
         self._knowledge: Any = None
         self._train: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def prepare(self, teacher: Recommender, split: Split, knowledge=None) -> None:
         if knowledge is None:
             raise no_knowledge("RCE-KD")
-        if self.mxK > split.n_items:
-            raise ConfigError(
-                f"method 'rce-kd': mxK={self.mxK} exceeds the {split.n_items} items; lower mxK",
-                field="distill.params.rce-kd",
-            )
+        # list lengths capped at the catalogue (as KD's k)
+        self._mxk = min(self.mxK, split.n_items)
+        self._k, self._l = min(self.K, self._mxk), min(self.L, self._mxk)
         object.__setattr__(self, "_knowledge", knowledge)  # never a sub-module
         self._train = split.train_tensors("cpu") if self.mask_train else None
-        lists = knowledge.user_topk(self.K, mask_train=self.mask_train, needed_by=self.name)
+        lists = knowledge.user_topk(self._k, mask_train=self.mask_train, needed_by=self.name)
         if bool((lists < 0).any()):
             raise ConfigError(
-                f"method 'rce-kd': some users have fewer than K={self.K} unobserved items; lower "
+                f"method 'rce-kd': some users have fewer than K={self._k} unobserved items; lower "
                 "K or set mask_train: false",
                 field="distill.params.rce-kd",
             )
         n = split.n_users
         self.teacher_lists = lists.to(torch.int64)
-        self.student_top = torch.zeros(n, self.K, dtype=torch.int64)
-        self.interesting = torch.zeros(n, self.L, dtype=torch.int64)
-        self.keep_teacher = torch.zeros(n, self.K, dtype=torch.bool)
+        self.student_top = torch.zeros(n, self._k, dtype=torch.int64)
+        self.interesting = torch.zeros(n, self._l, dtype=torch.int64)
+        self.keep_teacher = torch.zeros(n, self._k, dtype=torch.bool)
         self.user_weight = torch.zeros(n)
-        self.teacher_scores = torch.zeros(n, 2 * self.K + self.L)
+        self.teacher_scores = torch.zeros(n, 2 * self._k + self._l)
 
     @torch.no_grad()
     def on_epoch_start(self, student: Recommender, epoch: int, generator: torch.Generator) -> None:
         dev = self.teacher_lists.device
         train = None if self._train is None else tuple(t.to(dev) for t in self._train)
-        top, vals = student_topk(student, self.mxK, train, dev)
+        top, vals = student_topk(student, self._mxk, train, dev)
         if bool(torch.isneginf(vals).any()):
             raise ConfigError(
-                f"method 'rce-kd': some users have fewer than mxK={self.mxK} unobserved items; "
+                f"method 'rce-kd': some users have fewer than mxK={self._mxk} unobserved items; "
                 "lower mxK or set mask_train: false",
                 field="distill.params.rce-kd",
             )
         sample = sample_interesting(
-            top, self.teacher_lists, self.L, self.T_s, self.count_cap, generator
+            top, self.teacher_lists, self._l, self.T_s, self.count_cap, generator
         )
-        self.student_top.copy_(top[:, : self.K])
+        self.student_top.copy_(top[:, : self._k])
         self.interesting.copy_(sample)
         for s in range(0, top.shape[0], CHUNK):
             t = self.teacher_lists[s : s + CHUNK]
             in_a = (t.unsqueeze(2) == sample[s : s + CHUNK].unsqueeze(1)).any(2)
-            in_s = (t.unsqueeze(2) == top[s : s + CHUNK, : self.K].unsqueeze(1)).any(2)
+            in_s = (t.unsqueeze(2) == top[s : s + CHUNK, : self._k].unsqueeze(1)).any(2)
             self.keep_teacher[s : s + CHUNK] = ~(in_a | in_s)
-            overlap = in_a.sum(1).to(self.user_weight.dtype) / self.K
+            overlap = in_a.sum(1).to(self.user_weight.dtype) / self._k
             self.user_weight[s : s + CHUNK] = torch.exp(-self.beta * overlap)
-            items = torch.cat([top[s : s + CHUNK, : self.K], sample[s : s + CHUNK], t], 1)
+            items = torch.cat([top[s : s + CHUNK, : self._k], sample[s : s + CHUNK], t], 1)
             users = torch.arange(s, s + items.shape[0], device=dev)
             t_scores = self._knowledge.score_items(users, items).float()
             self.teacher_scores[s : s + CHUNK] = t_scores.to(self.teacher_scores.device)
@@ -225,7 +225,7 @@ class RCEKD(Distiller):
         items = torch.cat([s_list, a_list, self.teacher_lists[users]], 1)  # (B, 2K + L)
         t = self.teacher_scores[users]
         s = student.score_items(users, items)
-        k = self.K
+        k = self._k
         loss_s = masked_soft_ce(t[:, :k], s[:, :k], self.tau)
         mask = torch.cat([torch.ones_like(a_list, dtype=torch.bool), self.keep_teacher[users]], 1)
         loss_t = masked_soft_ce(t[:, k:], s[:, k:], self.tau, mask)

@@ -30,7 +30,6 @@ import torch.nn.functional as F
 from recpress.data.types import Split
 from recpress.distill.base import Distiller
 from recpress.distill.common import (
-    CHUNK,
     batch_rows,
     check_choice,
     no_knowledge,
@@ -40,6 +39,9 @@ from recpress.distill.common import (
 from recpress.distill.registry import register
 from recpress.errors import ConfigError
 from recpress.models.base import Recommender, TripletBatch
+
+#: users per step of the per-epoch bookkeeping (masks, weights, teacher scores)
+EPOCH_CHUNK = 256
 
 __all__ = ["RCEKD", "interesting_weights", "masked_soft_ce", "sample_interesting"]
 
@@ -207,17 +209,18 @@ class RCEKD(Distiller):
         )
         self.student_top.copy_(top[:, : self._k])
         self.interesting.copy_(sample)
-        for s in range(0, top.shape[0], CHUNK):
-            t = self.teacher_lists[s : s + CHUNK]
-            in_a = (t.unsqueeze(2) == sample[s : s + CHUNK].unsqueeze(1)).any(2)
-            in_s = (t.unsqueeze(2) == top[s : s + CHUNK, : self._k].unsqueeze(1)).any(2)
-            self.keep_teacher[s : s + CHUNK] = ~(in_a | in_s)
+        step = EPOCH_CHUNK  # users per step: bounds the (step, 2K + L, d_t) teacher gather
+        for s in range(0, top.shape[0], step):
+            t = self.teacher_lists[s : s + step]
+            in_a = (t.unsqueeze(2) == sample[s : s + step].unsqueeze(1)).any(2)
+            in_s = (t.unsqueeze(2) == top[s : s + step, : self._k].unsqueeze(1)).any(2)
+            self.keep_teacher[s : s + step] = ~(in_a | in_s)
             overlap = in_a.sum(1).to(self.user_weight.dtype) / self._k
-            self.user_weight[s : s + CHUNK] = torch.exp(-self.beta * overlap)
-            items = torch.cat([top[s : s + CHUNK, : self._k], sample[s : s + CHUNK], t], 1)
+            self.user_weight[s : s + step] = torch.exp(-self.beta * overlap)
+            items = torch.cat([top[s : s + step, : self._k], sample[s : s + step], t], 1)
             users = torch.arange(s, s + items.shape[0], device=dev)
             t_scores = self._knowledge.score_items(users, items).float()
-            self.teacher_scores[s : s + CHUNK] = t_scores.to(self.teacher_scores.device)
+            self.teacher_scores[s : s + step] = t_scores.to(self.teacher_scores.device)
 
     def loss(self, student: Recommender, batch: TripletBatch, epoch: int) -> torch.Tensor:
         users = batch_rows(batch.users, self.user_weighting).to(self.teacher_lists.device)

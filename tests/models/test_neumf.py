@@ -112,3 +112,12 @@ def test_config_validation_and_state_dict_round_trip():
 
 def test_training_beats_random():
     fit_beats_random(NeuMF(embedding_dim=16, init_std=0.1), epochs=10, lr=1e-2)
+
+
+def test_build_draws_only_from_the_generator():
+    state = torch.get_rng_state()
+    a, b = built(seed=5), built(seed=5)
+    assert torch.equal(torch.get_rng_state(), state)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(p, q), name
+    assert a.dot_form() is None  # no MF-form export

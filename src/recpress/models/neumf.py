@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
+from torch.nn.utils import skip_init
 
 from recpress.data.types import Split
 from recpress.errors import ConfigError
@@ -106,8 +107,11 @@ class NeuMF(Recommender):
         self.mlp_user = nn.Embedding(split.n_users, d, sparse=self.sparse)
         self.mlp_item = nn.Embedding(split.n_items, d, sparse=self.sparse)
         widths = self.widths
-        self.mlp = nn.ModuleList(nn.Linear(widths[k], widths[k + 1]) for k in range(self.layers))
-        self.head = nn.Linear(d + widths[-1], 1)
+        # skip_init: no draws from the global RNG; every parameter is drawn from `generator` below
+        self.mlp = nn.ModuleList(
+            skip_init(nn.Linear, widths[k], widths[k + 1]) for k in range(self.layers)
+        )
+        self.head = skip_init(nn.Linear, d + widths[-1], 1)
         with torch.no_grad():
             for table in (self.gmf_user, self.gmf_item, self.mlp_user, self.mlp_item):
                 table.weight.normal_(0.0, self.init_std, generator=generator)
@@ -159,6 +163,11 @@ class NeuMF(Recommender):
             for s in range(0, self.n_items, chunk)
         ]
         return torch.cat(parts, dim=1)
+
+    def dot_form(self) -> None:
+        """None: NeuMF scores are not a dot product of fixed user and item vectors, so there
+        is no MF-form (``U @ Iᵀ``) export."""
+        return None
 
     # -- training -----------------------------------------------------------------------------
     def forward(self, batch: TripletBatch) -> torch.Tensor:

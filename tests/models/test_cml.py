@@ -110,3 +110,10 @@ def test_config_and_state_dict_round_trip():
 
 def test_training_beats_random():
     fit_beats_random(CML(embedding_dim=16), epochs=10, lr=5e-2)
+
+
+def test_build_draws_only_from_the_generator():
+    state = torch.get_rng_state()
+    a, b = built(seed=5), built(seed=5)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.testing.assert_close(a.user_emb.weight, b.user_emb.weight, rtol=0, atol=0)

@@ -146,3 +146,10 @@ def test_config_and_state_dict_round_trip(tmp_path):
 
 def test_training_beats_random():
     fit_beats_random(LightGCN(embedding_dim=16, n_layers=2))
+
+
+def test_build_draws_only_from_the_generator():
+    state = torch.get_rng_state()
+    a, b = built(tiny_split(), seed=5), built(tiny_split(), seed=5)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.testing.assert_close(a.item_emb.weight, b.item_emb.weight, rtol=0, atol=0)

@@ -8,6 +8,7 @@ from typing import Annotated
 import torch
 from pydantic import Field
 from torch import nn
+from torch.nn.utils import skip_init
 
 from recpress.data.types import Split
 from recpress.models.base import Recommender, TripletBatch
@@ -67,8 +68,8 @@ class CML(Recommender):
         return self.dim
 
     def _build(self, split: Split, generator: torch.Generator | None) -> None:
-        self.user_emb = nn.Embedding(split.n_users, self.dim, sparse=self.sparse)
-        self.item_emb = nn.Embedding(split.n_items, self.dim, sparse=self.sparse)
+        self.user_emb = skip_init(nn.Embedding, split.n_users, self.dim, sparse=self.sparse)
+        self.item_emb = skip_init(nn.Embedding, split.n_items, self.dim, sparse=self.sparse)
         std = 1.0 / math.sqrt(self.dim)
         with torch.no_grad():
             self.user_emb.weight.normal_(0.0, std, generator=generator)

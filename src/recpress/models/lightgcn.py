@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
+from torch.nn.utils import skip_init
 
 from recpress.data.types import Split
 from recpress.models.base import Recommender, TripletBatch
@@ -97,8 +98,8 @@ class LightGCN(Recommender):
         return self.dim
 
     def _build(self, split: Split, generator: torch.Generator | None) -> None:
-        self.user_emb = nn.Embedding(split.n_users, self.dim)
-        self.item_emb = nn.Embedding(split.n_items, self.dim)
+        self.user_emb = skip_init(nn.Embedding, split.n_users, self.dim)
+        self.item_emb = skip_init(nn.Embedding, split.n_items, self.dim)
         with torch.no_grad():
             self.user_emb.weight.normal_(0.0, self.init_std, generator=generator)
             self.item_emb.weight.normal_(0.0, self.init_std, generator=generator)

@@ -102,10 +102,10 @@ class NeuMF(Recommender):
 
     def _build(self, split: Split, generator: torch.Generator | None) -> None:
         d = self.dim
-        self.gmf_user = nn.Embedding(split.n_users, d, sparse=self.sparse)
-        self.gmf_item = nn.Embedding(split.n_items, d, sparse=self.sparse)
-        self.mlp_user = nn.Embedding(split.n_users, d, sparse=self.sparse)
-        self.mlp_item = nn.Embedding(split.n_items, d, sparse=self.sparse)
+        self.gmf_user = skip_init(nn.Embedding, split.n_users, d, sparse=self.sparse)
+        self.gmf_item = skip_init(nn.Embedding, split.n_items, d, sparse=self.sparse)
+        self.mlp_user = skip_init(nn.Embedding, split.n_users, d, sparse=self.sparse)
+        self.mlp_item = skip_init(nn.Embedding, split.n_items, d, sparse=self.sparse)
         widths = self.widths
         # skip_init: no draws from the global RNG; every parameter is drawn from `generator` below
         self.mlp = nn.ModuleList(

@@ -30,6 +30,12 @@ def ml100k_split(data_root: Path) -> Split:
     return load_split("ml-100k", protocol="loo", seed=0, path=str(data_root / "ml-100k"))
 
 
+def shape_split(n_users: int, n_items: int) -> Split:
+    """A split with no interactions, only its shape: for building a model of that size."""
+    empty = to_csr(np.array([], dtype=np.int64), np.array([], dtype=np.int64), n_users, n_items)
+    return Split(empty, empty, empty, np.arange(n_users), np.arange(n_items))
+
+
 def random_split(n_users: int = 30, n_items: int = 40, per_user: int = 6, seed: int = 0) -> Split:
     """A small generated split: `per_user` train items, 1 valid and 1 test item per user."""
     rng = np.random.default_rng(seed)

@@ -75,8 +75,8 @@ def setup():
     torch.manual_seed(0)
     split = random_split(n_users=12, n_items=30, per_user=5, seed=1)
     g = torch.Generator().manual_seed(0)
-    teacher = BPRMF(embedding_dim=6, init_std=0.5).build(split.n_users, split.n_items, g)
-    student = BPRMF(embedding_dim=3, init_std=0.5).build(split.n_users, split.n_items, g)
+    teacher = BPRMF(embedding_dim=6, init_std=0.5).build(split, g)
+    student = BPRMF(embedding_dim=3, init_std=0.5).build(split, g)
     know = Knowledge.from_teacher(teacher, split)
     batch = TripletBatch(
         torch.tensor([0, 1, 1, 4, 7, 0]),
@@ -201,7 +201,7 @@ def test_de_matches_explicit_per_expert_loop(setup, epoch):
 def test_de_aux_parameter_count():
     """methods.md §4.0 worked value: d_s 20, d_t 200, M 30 → 1,482,660 aux parameters."""
     split = random_split(n_users=4, n_items=6, per_user=2)
-    teacher = BPRMF(embedding_dim=200).build(split.n_users, split.n_items)
+    teacher = BPRMF(embedding_dim=200).build(split)
     student = BPRMF(embedding_dim=20)
     de = DistillationExperts()
     prepare_distillers([(de, 1.0)], Knowledge.from_teacher(teacher, split), split, student=student)

@@ -12,16 +12,14 @@ from recpress.distill.registry import check_requires
 from recpress.distill.teachers import load_teacher
 from recpress.errors import ConfigError
 from recpress.models import BPRMF, TripletBatch
-from tests.conftest import random_split
+from tests.conftest import random_split, shape_split
 from tests.topk_checks import assert_same_topk
 
 
 @pytest.fixture
 def tiny():
     split = random_split(n_users=15, n_items=25, per_user=6, seed=2)
-    teacher = BPRMF(embedding_dim=5, init_std=1.0).build(
-        split.n_users, split.n_items, torch.Generator().manual_seed(1)
-    )
+    teacher = BPRMF(embedding_dim=5, init_std=1.0).build(split, torch.Generator().manual_seed(1))
     return split, teacher
 
 
@@ -127,7 +125,9 @@ def test_npz_embedding_teacher(tiny, tmp_path):
     pairs = make_distillers(
         "de+rrd", None, {"de": {"n_experts": 2}, "rrd": {"K": 2, "L": 3, "N": 6}}
     )
-    prepare_distillers(pairs, know, split, student=BPRMF(embedding_dim=3).build(15, 25))
+    prepare_distillers(
+        pairs, know, split, student=BPRMF(embedding_dim=3).build(shape_split(15, 25))
+    )
 
 
 def test_list_only_teacher(tiny, tmp_path):
@@ -143,7 +143,7 @@ def test_list_only_teacher(tiny, tmp_path):
         know.user_embeddings(needed_by="de")
     with pytest.raises(ConfigError, match="'ir-rrd'"):
         know.item_topk(4, needed_by="ir-rrd")
-    student = BPRMF(embedding_dim=3).build(15, 25)
+    student = BPRMF(embedding_dim=3).build(shape_split(15, 25))
     pairs = make_distillers("rrd", None, {"rrd": {"K": 3, "L": 3, "N": 8}})
     prepare_distillers(pairs, know, split, student=student)
     rrd = pairs[0][0]

@@ -20,6 +20,7 @@ from recpress.distill.topology import (
 )
 from recpress.models.base import TripletBatch
 from recpress.models.bpr import BPRMF
+from tests.conftest import shape_split
 
 D = torch.float64
 
@@ -338,7 +339,7 @@ class _FixedKnowledge:
 def _student(n_u, n_i, d_s, seed=0):
     return (
         BPRMF(embedding_dim=d_s, init_std=0.5)
-        .build(n_u, n_i, generator=torch.Generator().manual_seed(seed))
+        .build(shape_split(n_u, n_i), generator=torch.Generator().manual_seed(seed))
         .double()
     )
 
@@ -543,7 +544,9 @@ def test_tau_schedule_reference_values():
 def test_htd_few_steps_lower_the_loss_float32():
     """A few SGD steps on HTD alone (fp32, sparse expert path, tiny τ) stay finite and learn."""
     tu, ti, _, batch = _setup()
-    student = BPRMF(embedding_dim=3).build(5, 7, generator=torch.Generator().manual_seed(0))
+    student = BPRMF(embedding_dim=3).build(
+        shape_split(5, 7), generator=torch.Generator().manual_seed(0)
+    )
     htd = HTD(n_groups=2)
     htd.prepare(None, None, _FixedKnowledge(tu.float(), ti.float()), student=student)
     opt = torch.optim.SGD(list(student.parameters()) + list(htd.parameters()), lr=0.01)

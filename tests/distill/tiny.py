@@ -22,8 +22,8 @@ def tiny(n_users=4, n_items=12, per_user=3, seed=0):
     valid = to_csr(v, vi, n_users, n_items)
     test = to_csr(np.array([], int), np.array([], int), n_users, n_items)
     split = Split(train, valid, test, np.arange(n_users), np.arange(n_items))
-    teacher = BPRMF(8, init_std=1.0).build(n_users, n_items, torch.Generator().manual_seed(seed))
-    student = BPRMF(4, init_std=1.0).build(n_users, n_items, torch.Generator().manual_seed(99))
+    teacher = BPRMF(8, init_std=1.0).build(split, torch.Generator().manual_seed(seed))
+    student = BPRMF(4, init_std=1.0).build(split, torch.Generator().manual_seed(99))
     return split, teacher, student, Knowledge.from_teacher(teacher, split)
 
 

@@ -165,9 +165,7 @@ def reference_evaluate(scores: np.ndarray, split: Split, ks, phase, exclude):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_matches_slow_reference(phase, seed):
     split = random_split(seed)
-    model = BPRMF(embedding_dim=8).build(
-        split.n_users, split.n_items, generator=torch.Generator().manual_seed(seed)
-    )
+    model = BPRMF(embedding_dim=8).build(split, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         scores = model.score(torch.arange(split.n_users)).numpy()
     # well-separated scores (exact float64 products): no kernel's rounding (~1e-7 relative)
@@ -189,9 +187,7 @@ def test_matches_slow_reference(phase, seed):
 
 def test_callable_scorer_equals_model_and_restores_mode():
     split = random_split(3)
-    model = BPRMF(embedding_dim=8).build(
-        split.n_users, split.n_items, generator=torch.Generator().manual_seed(0)
-    )
+    model = BPRMF(embedding_dim=8).build(split, generator=torch.Generator().manual_seed(0))
     model.train()
     res_model = evaluate(model, split, ks=(1, 3, 5), per_user=True)
     assert model.training  # previous mode restored
@@ -250,9 +246,7 @@ def test_bad_arguments():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
     split = random_split(5)
-    model = BPRMF(embedding_dim=8).build(
-        split.n_users, split.n_items, generator=torch.Generator().manual_seed(0)
-    )
+    model = BPRMF(embedding_dim=8).build(split, generator=torch.Generator().manual_seed(0))
     cpu = evaluate(model, split, ks=(1, 3, 5), per_user=True)
     gpu = evaluate(model.to("cuda"), split, ks=(1, 3, 5), per_user=True)
     for name in cpu.per_user:

@@ -9,10 +9,13 @@ import torch
 from recpress.evaluation import evaluate
 from recpress.models import BPRMF, TripletBatch, make_model
 from recpress.training import TrainConfig, Trainer
+from tests.conftest import shape_split
 
 
 def test_loss_is_bpr_per_triple():
-    model = BPRMF(embedding_dim=4).build(3, 5, generator=torch.Generator().manual_seed(0))
+    model = BPRMF(embedding_dim=4).build(
+        shape_split(3, 5), generator=torch.Generator().manual_seed(0)
+    )
     batch = TripletBatch(torch.tensor([0, 2]), torch.tensor([1, 4]), torch.tensor([3, 0]))
     p, q = model.user_emb.weight.detach(), model.item_emb.weight.detach()
     expected = [
@@ -28,7 +31,9 @@ def test_loss_is_bpr_per_triple():
 
 
 def test_scores_agree_and_shapes():
-    model = BPRMF(embedding_dim=6).build(4, 7, generator=torch.Generator().manual_seed(1))
+    model = BPRMF(embedding_dim=6).build(
+        shape_split(4, 7), generator=torch.Generator().manual_seed(1)
+    )
     users = torch.tensor([3, 1])
     full = model.score(users)
     assert full.shape == (2, 7)
@@ -75,8 +80,8 @@ def test_large_lookups_go_through_distinct_rows_with_the_same_values_and_gradien
 
     torch.manual_seed(0)
     a, b = BPRMF(embedding_dim=4), BPRMF(embedding_dim=4)
-    a.build(30, 50, torch.Generator().manual_seed(1))
-    b.build(30, 50, torch.Generator().manual_seed(1))
+    a.build(shape_split(30, 50), torch.Generator().manual_seed(1))
+    b.build(shape_split(30, 50), torch.Generator().manual_seed(1))
     users = torch.randint(0, 30, (DEDUP_MIN // 10 + 7,))
     items = torch.randint(0, 50, (users.numel(), 12))  # > DEDUP_MIN lookups, many duplicates
     weights = torch.randn(items.shape)

@@ -45,9 +45,7 @@ def small_split() -> Split:
 @pytest.fixture(scope="session")
 def small_model(small_split: Split) -> BPRMF:
     g = torch.Generator().manual_seed(0)
-    model = BPRMF(embedding_dim=8, init_std=1.0).build(
-        small_split.n_users, small_split.n_items, generator=g
-    )
+    model = BPRMF(embedding_dim=8, init_std=1.0).build(small_split, generator=g)
     return model.eval()
 
 

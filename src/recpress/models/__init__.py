@@ -1,19 +1,46 @@
-"""Base recommenders, one file each, behind the `Recommender` contract."""
+"""Base recommenders, one file each, behind the `Recommender` contract.
+
+Adding a model: write its class (a `Recommender` subclass, hyperparameters as constructor
+arguments) in its own file and register it with the one line ``MODELS`` entry below.
+"""
 
 from __future__ import annotations
 
-from recpress.errors import unknown_name
+import torch
+
+from recpress.data.types import Split
 from recpress.models.base import Recommender, TripletBatch
 from recpress.models.bpr import BPRMF
+from recpress.models.cml import CML
+from recpress.models.config import ModelConfig
+from recpress.models.lightgcn import LightGCN
+from recpress.models.neumf import NeuMF
+from recpress.models.registry import MODELS, make_model, model_class, register
 
-MODELS: dict[str, type[Recommender]] = {BPRMF.name: BPRMF}
+register(BPRMF)
+register(LightGCN)
+register(NeuMF)
+register(CML)
 
 
-def make_model(name: str, **params) -> Recommender:
-    """Instantiate a registered model by name (hyperparameters only; call ``build`` next)."""
-    if name not in MODELS:
-        raise unknown_name("model", name, list(MODELS), field="model.name")
-    return MODELS[name](**params)
+def build_model(
+    config: ModelConfig, split: Split, generator: torch.Generator | None = None
+) -> Recommender:
+    """The model a config names, with its parameters created for the training `split`."""
+    return make_model(config.name, **config.params).build(split, generator=generator)
 
 
-__all__ = ["BPRMF", "MODELS", "Recommender", "TripletBatch", "make_model"]
+__all__ = [
+    "BPRMF",
+    "CML",
+    "MODELS",
+    "LightGCN",
+    "ModelConfig",
+    "NeuMF",
+    "Recommender",
+    "TripletBatch",
+    "build_model",
+    "make_model",
+    "model_class",
+    "register",
+]

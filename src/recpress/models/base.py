@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import nn
+
+from recpress.data.types import Split
 
 
 @dataclass(frozen=True)
@@ -31,21 +34,32 @@ class TripletBatch:
 class Recommender(nn.Module):
     """Base class of all models (scikit-learn style: the constructor stores hyperparameters only).
 
-    Lifecycle: ``model = BPRMF(embedding_dim=20)`` stores hyperparameters; ``model.build(n_users,
-    n_items, generator=g)`` creates the parameters; learned state lives in ``state_dict()``.
+    Lifecycle: ``model = BPRMF(embedding_dim=20)`` stores hyperparameters; ``model.build(split,
+    generator=g)`` creates the parameters for the training split; learned state lives in
+    ``state_dict()``.
 
     Subclasses implement:
-        * ``_build(n_users, n_items, generator)`` to create parameters,
-        * ``loss(batch) -> (B,)`` unreduced base loss per triple (the trainer reduces it),
+        * ``_build(split, generator)`` to create parameters (``split.train`` is the (n_users,
+          n_items) training matrix, for models that need the interaction graph or user rows),
+        * ``forward(batch) -> (B,)`` unreduced base loss per triple (the trainer's objective
+          reduces it),
         * ``score_items(users (B,), items (B, K)) -> (B, K)`` scores of listed items,
         * ``score(users (B,)) -> (B, n_items)`` raw scores for all items.
-    Models with embeddings also implement ``user_embeddings`` / ``item_embeddings``.
+    Models with embeddings (``has_embeddings = True``) also implement ``user_embeddings`` /
+    ``item_embeddings`` and ``embedding_dim``; score-only models keep ``has_embeddings = False``
+    and representation-level distillers refuse them.
+
+    The constructor's arguments are the model's hyperparameters: ``ModelConfig`` validates a
+    config's keys against them (their annotations, e.g. ``Annotated[int, Field(ge=1)]``, are the
+    checks) and ``get_params`` returns them.
     """
 
     #: registry name, e.g. "bpr"
     name: ClassVar[str] = ""
     #: how the reference sums the base loss over the batch ("sum" or "mean")
     reference_reduction: ClassVar[str] = "sum"
+    #: True when the model has user/item embeddings (``user_embeddings`` etc. return tensors)
+    has_embeddings: ClassVar[bool] = False
 
     n_users: int
     n_items: int
@@ -57,28 +71,35 @@ class Recommender(nn.Module):
 
     # -- construction -------------------------------------------------------------------------
     def get_params(self) -> dict[str, object]:
-        """Hyperparameters, as given to the constructor (subclasses list theirs)."""
-        return {}
+        """Hyperparameters, as given to the constructor: each constructor argument read back
+        from the attribute of the same name (subclasses storing it elsewhere override this)."""
+        names = inspect.signature(type(self).__init__).parameters
+        return {n: getattr(self, n) for n in names if n != "self"}
 
-    def build(self, n_users: int, n_items: int, generator: torch.Generator | None = None):
-        """Create the parameters for `n_users` x `n_items`; returns self."""
+    def build(self, split: Split, generator: torch.Generator | None = None) -> Recommender:
+        """Create the parameters for the training `split` (n_users x n_items); returns self."""
+        n_users, n_items = split.n_users, split.n_items
         if n_users <= 0 or n_items <= 0:
             raise ValueError(f"need n_users > 0 and n_items > 0, got {n_users}, {n_items}")
         self.n_users, self.n_items = int(n_users), int(n_items)
-        self._build(self.n_users, self.n_items, generator)
+        self._build(split, generator)
         return self
 
     @property
     def is_built(self) -> bool:
         return self.n_users > 0
 
-    def _build(self, n_users: int, n_items: int, generator: torch.Generator | None) -> None:
+    def _build(self, split: Split, generator: torch.Generator | None) -> None:
         raise NotImplementedError
 
     # -- training -----------------------------------------------------------------------------
-    def loss(self, batch: TripletBatch) -> torch.Tensor:
-        """Unreduced base loss, shape (B,)."""
+    def forward(self, batch: TripletBatch) -> torch.Tensor:
+        """Unreduced base loss per triple, shape (B,)."""
         raise NotImplementedError
+
+    def loss(self, batch: TripletBatch) -> torch.Tensor:
+        """Alias of ``forward``: the (B,) unreduced base loss."""
+        return self(batch)
 
     # -- scoring ------------------------------------------------------------------------------
     def score(self, users: torch.Tensor) -> torch.Tensor:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
+from recpress.data.types import Split
 from recpress.models.base import Recommender, TripletBatch
 
 #: lookups of more indices than this go through their unique rows (see `gather_rows`)
@@ -38,8 +42,11 @@ class BPRMF(Recommender):
     """Matrix factorisation s_ui = <p_u, q_i> (Rendle et al., 2009).
 
     Loss per triple: ℓ_b = −log σ(s_{u,i} − s_{u,j}) = softplus(−(s_{u,i} − s_{u,j})).
-    Embeddings are initialised from N(0, init_std²). Embedding gradients are row-sparse
-    (``sparse=True``) so the lazy optimiser touches only the rows of the batch.
+    Embeddings (user table (n_users, d), then item table (n_items, d)) are initialised from
+    N(0, init_std²). Embedding gradients are row-sparse while the attribute ``sparse`` is True
+    (the default) so the lazy optimiser touches only the rows of the batch; set it to False
+    before ``build`` for dense gradients (an implementation option, not a hyperparameter: it
+    does not change the result).
 
     Args:
         embedding_dim: d, the width of user and item embeddings.
@@ -48,29 +55,32 @@ class BPRMF(Recommender):
 
     name = "bpr"
     reference_reduction = "sum"
+    has_embeddings = True
 
-    def __init__(self, embedding_dim: int = 64, init_std: float = 0.01) -> None:
+    def __init__(
+        self,
+        embedding_dim: Annotated[int, Field(ge=1)] = 200,
+        init_std: Annotated[float, Field(gt=0)] = 0.01,
+    ) -> None:
         super().__init__()
         if int(embedding_dim) <= 0:
             raise ValueError(f"embedding_dim must be a positive integer, got {embedding_dim}")
         self.dim = int(embedding_dim)
         self.init_std = float(init_std)
-
-    def get_params(self) -> dict[str, object]:
-        return {"embedding_dim": self.dim, "init_std": self.init_std}
+        self.sparse = True
 
     @property
     def embedding_dim(self) -> int:
         return self.dim
 
-    def _build(self, n_users: int, n_items: int, generator: torch.Generator | None) -> None:
-        self.user_emb = nn.Embedding(n_users, self.dim, sparse=True)
-        self.item_emb = nn.Embedding(n_items, self.dim, sparse=True)
+    def _build(self, split: Split, generator: torch.Generator | None) -> None:
+        self.user_emb = nn.Embedding(split.n_users, self.dim, sparse=self.sparse)
+        self.item_emb = nn.Embedding(split.n_items, self.dim, sparse=self.sparse)
         with torch.no_grad():
             self.user_emb.weight.normal_(0.0, self.init_std, generator=generator)
             self.item_emb.weight.normal_(0.0, self.init_std, generator=generator)
 
-    def loss(self, batch: TripletBatch) -> torch.Tensor:
+    def forward(self, batch: TripletBatch) -> torch.Tensor:
         """(B,) BPR loss per triple."""
         p = self.user_emb(batch.users)
         # one lookup for positives and negatives: one sparse gradient, no sparse addition

@@ -1,6 +1,7 @@
 """The one training loop."""
 
 from recpress.training.config import TrainConfig
+from recpress.training.objective import TrainingObjective
 from recpress.training.optim import DenseAdam, LazyAdam, make_optimizer
 from recpress.training.trainer import FitResult, Trainer, resolve_device
 
@@ -10,6 +11,7 @@ __all__ = [
     "LazyAdam",
     "TrainConfig",
     "Trainer",
+    "TrainingObjective",
     "make_optimizer",
     "resolve_device",
 ]

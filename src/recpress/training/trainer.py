@@ -19,6 +19,7 @@ from recpress.fileio import atomic_write_bytes
 from recpress.models.base import Recommender, TripletBatch
 from recpress.runs import AUX_WEIGHTS, CHECKPOINT, HISTORY, WEIGHTS  # noqa: F401 (names kept here)
 from recpress.training.config import TrainConfig
+from recpress.training.objective import TrainingObjective
 from recpress.training.optim import make_optimizer
 
 
@@ -59,8 +60,9 @@ class FitResult:
 class Trainer:
     """Trains a `Recommender` on a `Split`, optionally with weighted distillers.
 
-    Loss per batch: reduce(model.loss(batch)) + Σ_m λ_m · distiller_m.loss(student, batch, epoch),
-    reduce = sum or mean over the B triples (``config.reduction_base``).
+    Loss per batch (a `TrainingObjective` over the student and the distillers):
+    reduce(model(batch)) + Σ_m λ_m · distiller_m.loss(student, batch, epoch), reduce = sum or
+    mean over the B triples (``config.reduction_base``).
 
     With ``run_dir`` set, it writes ``history.csv``, the best weights ``model.safetensors`` and a
     resume checkpoint every ``checkpoint_every`` epochs; calling ``fit`` again on the same
@@ -91,12 +93,9 @@ class Trainer:
         generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
         if not model.is_built:
             model.build(split, generator=generator)
-        model.to(device)
-        for d, _ in distillers:
-            d.to(device)
-        params = list(model.parameters())
-        for d, _ in distillers:
-            params += list(d.parameters())
+        objective = TrainingObjective(model, distillers, reduction=cfg.reduction_base)
+        objective.to(device)
+        params = list(objective.parameters())  # the student's, then each distiller's
         optimizer = make_optimizer(
             cfg.optimizer, params, cfg.lr, cfg.weight_decay, fused=cfg.fused_optimizer
         )
@@ -144,10 +143,7 @@ class Trainer:
                         pos[s : s + cfg.batch_size],
                         neg[s : s + cfg.batch_size],
                     )
-                    per_triple = model.loss(batch)
-                    loss = per_triple.sum() if cfg.reduction_base == "sum" else per_triple.mean()
-                    for d, weight in distillers:
-                        loss = loss + weight * d.loss(model, batch, epoch)
+                    loss = objective(batch, epoch)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()

@@ -117,3 +117,14 @@ def test_build_draws_only_from_the_generator():
     a, b = built(seed=5), built(seed=5)
     assert torch.equal(torch.get_rng_state(), state)
     torch.testing.assert_close(a.user_emb.weight, b.user_emb.weight, rtol=0, atol=0)
+
+
+def test_artifact_serves_the_dot_form():
+    from recpress.serving.artifact import Artifact
+
+    model = built(n_users=20, n_items=50, embedding_dim=8, seed=2)
+    art = Artifact.from_model(model, shape_split(20, 50))
+    assert art.item_emb.shape == (50, 9)
+    with torch.no_grad():
+        expected = model.score(torch.arange(20)).topk(10, dim=1).indices
+    assert torch.equal((art.user_emb @ art.item_emb.T).topk(10, dim=1).indices, expected)

@@ -153,3 +153,14 @@ def test_build_draws_only_from_the_generator():
     a, b = built(tiny_split(), seed=5), built(tiny_split(), seed=5)
     assert torch.equal(torch.get_rng_state(), state)
     torch.testing.assert_close(a.item_emb.weight, b.item_emb.weight, rtol=0, atol=0)
+
+
+def test_artifact_holds_the_propagated_embeddings():
+    from recpress.serving.artifact import Artifact
+
+    split = tiny_split()
+    model = built(split, representation="ego").eval()
+    art = Artifact.from_model(model, split)
+    assert art.user_emb.shape == (5, 4)  # MF-sized
+    users = torch.arange(5)
+    torch.testing.assert_close(art.user_emb @ art.item_emb.T, model.score(users).detach())

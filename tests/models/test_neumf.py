@@ -121,3 +121,10 @@ def test_build_draws_only_from_the_generator():
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(p, q), name
     assert a.dot_form() is None  # no MF-form export
+
+
+def test_no_mf_form_artifact():
+    from recpress.serving.artifact import Artifact, ArtifactError
+
+    with pytest.raises(ArtifactError, match="dot-product form"):
+        Artifact.from_model(built(), shape_split(4, 7))

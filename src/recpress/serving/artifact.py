@@ -156,13 +156,21 @@ class Artifact:
         metrics: dict[str, Any] | None = None,
         source: str | None = None,
     ) -> Artifact:
-        """Build from a Recommender with embeddings (``score = U @ I.T``) and its `Split`."""
-        users = model.user_embeddings()
-        items = model.item_embeddings()
+        """Build from a Recommender with embeddings (``score = U @ I.T``) and its `Split`.
+
+        A model with a ``dot_form()`` (users (U, d'), items (I, d') whose product ranks items as
+        its scores do: LightGCN's propagated embeddings, CML's lifted metric embeddings) is
+        exported in that form; ``dot_form() is None`` means it has none (NeuMF)."""
+        dot_form = getattr(model, "dot_form", None)
+        if dot_form is not None:
+            users, items = dot_form() or (None, None)
+        else:
+            users, items = model.user_embeddings(), model.item_embeddings()
         if users is None or items is None:
             raise ArtifactError(
-                f"model {getattr(model, 'name', type(model).__name__)!r} exposes no embeddings; "
-                "only embedding (dot-product) models can be exported as artifacts"
+                f"model {getattr(model, 'name', type(model).__name__)!r} has no embeddings or "
+                "no dot-product form; only models whose scores are U @ I.T can be exported as "
+                "artifacts"
             )
         train = split.train
         manifest = {

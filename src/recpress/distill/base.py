@@ -34,6 +34,9 @@ class Distiller(nn.Module):
     name: ClassVar[str] = ""
     #: what the method needs from the teacher: subset of {"embeddings", "scores", "topk"}
     requires: ClassVar[frozenset[str]] = frozenset()
+    #: what the method needs from the student beyond scores: subset of {"embeddings"} (a method
+    #: whose ``requires`` holds "embeddings" needs student embeddings too)
+    student_requires: ClassVar[frozenset[str]] = frozenset()
     #: default KD weight λ of the method (methods.md)
     default_weight: ClassVar[float] = 1.0
     #: rough training time per epoch relative to the no-KD student (bench/results/method_speed.md,

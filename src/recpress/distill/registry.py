@@ -166,3 +166,22 @@ def check_requires(distillers: list[tuple[Distiller, float]], knowledge) -> None
                 ".npz with user_embeddings and item_embeddings",
                 field="distill.teacher",
             )
+
+
+def check_student(distillers: list[tuple[Distiller, float]], student) -> None:
+    """ConfigError when a method needs student embeddings and the student is score-only.
+
+    A method needs them when its ``requires`` holds "embeddings" (it matches or aligns user and
+    item representations, e.g. DE, FTD, HTD) or its ``student_requires`` does.
+    """
+    if getattr(student, "has_embeddings", True):
+        return
+    for d, _ in distillers:
+        if "embeddings" in d.requires or "embeddings" in d.student_requires:
+            raise ConfigError(
+                f"method {d.name!r} works on user/item embeddings (it matches representations "
+                f"or their topology), but the student model {student.name!r} is score-only "
+                "(has_embeddings = False); use a student with embeddings or a response-based "
+                "method",
+                field="distill.method",
+            )

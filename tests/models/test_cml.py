@@ -128,3 +128,28 @@ def test_artifact_serves_the_dot_form():
     with torch.no_grad():
         expected = model.score(torch.arange(20)).topk(10, dim=1).indices
     assert torch.equal((art.user_emb @ art.item_emb.T).topk(10, dim=1).indices, expected)
+
+
+def test_training_with_the_projection_after_each_step(monkeypatch):
+    """What the trainer's post_step call does: every step followed by the norm clipping."""
+    import recpress.training.trainer as trainer_module
+
+    model = CML(embedding_dim=16)
+    make = trainer_module.make_optimizer
+
+    def make_clipping(*args, **kwargs):
+        optimizer = make(*args, **kwargs)
+        step = optimizer.step
+
+        def step_then_clip(*a, **k):
+            out = step(*a, **k)
+            model.post_step()
+            return out
+
+        optimizer.step = step_then_clip
+        return optimizer
+
+    monkeypatch.setattr(trainer_module, "make_optimizer", make_clipping)
+    fit_beats_random(model, epochs=10, lr=5e-2)
+    model.post_step()  # after the lazy optimiser's final flush
+    assert (model.user_emb.weight.detach().norm(dim=1) <= 1 + 1e-5).all()

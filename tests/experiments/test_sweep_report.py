@@ -247,10 +247,18 @@ def test_bad_method_param_is_reported_before_anything_trains(env, tmp_path, caps
 
 def test_shipped_configs_validate():
     root = Path(__file__).resolve().parents[2] / "configs"
-    td = load_sweep_config(root / "td-citeulike.yaml")
-    assert td.students.dims == [10, 20, 100, 200]
+    main = load_sweep_config(root / "td-citeulike.yaml")
+    assert main.students.dims == [10, 20, 100, 200] and main.students.seeds == [0]
+    assert main.students.methods == ["none", "ftd", "htd"]
+    assert len(plan(main, "/nonexistent")) == 13  # the reference experiment as the paper ran it
+    td = load_sweep_config(root / "td-citeulike.yaml", grid="full")
     assert {"none", "ftd", "htd", "de", "rrd", "de+rrd", "htd+rrd"} <= set(td.students.methods)
     assert len(plan(td, "/nonexistent")) == 1 + 4 * len(td.students.methods) * 3
+    full = {r.label: r.config for r in plan(td, "/s")}  # the one-seed runs resume in --grid full
+    assert all(full[r.label] == r.config for r in plan(main, "/s"))
+    assert len(plan(main.with_grid(seeds=[0, 1, 2]), "/s")) == 1 + 12 * 3
+    with pytest.raises(ConfigError, match="unknown grid 'big'; grids of this config: full"):
+        load_sweep_config(root / "td-citeulike.yaml", grid="big")
     load_sweep_config(root / "smoke.yaml")
     derrd = load_sweep_config(root / "derrd-citeulike.yaml")
     issue3 = {"none", "kd", "rd", "cd", "rrd", "ir-rrd", "dcd", "unkd", "de", "de+rrd"}

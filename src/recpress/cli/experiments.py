@@ -36,6 +36,13 @@ def sweep(
             help="Student runs trained at once (processes sharing the cores).",
         ),
     ] = 1,
+    grid: Annotated[
+        str | None,
+        typer.Option(help="A named grid of the config's `grids:` (e.g. full); default: students."),
+    ] = None,
+    seeds: Annotated[
+        str | None, typer.Option(help="Seeds to run, comma-separated (e.g. 0,1,2).")
+    ] = None,
 ) -> None:
     """Train a teacher once, then students over dims × methods × seeds, one run directory each.
 
@@ -43,9 +50,17 @@ def sweep(
     interrupted run continues from its last checkpoint. Adding or dropping dims, methods or seeds
     keeps the finished runs; any other change to the config needs another --out or --restart.
     """
+    from recpress.errors import ConfigError
     from recpress.experiments.sweep import load_sweep_config, run_sweep
 
-    cfg = load_sweep_config(config, set_ or [])
+    seed_list = None
+    if seeds is not None:
+        try:
+            seed_list = [int(x) for x in seeds.split(",") if x.strip()]
+        except ValueError:
+            msg = f"expects integers separated by commas, got {seeds!r}"
+            raise ConfigError(msg, "--seeds") from None
+    cfg = load_sweep_config(config, set_ or [], grid=grid, seeds=seed_list)
     out = out or Path("runs") / cfg.name
     summary = run_sweep(cfg, out, restart=restart, progress=progress, only=only, jobs=jobs)
     change = summary.get("grid_change")

@@ -49,7 +49,7 @@ def tiny_config(**students) -> dict:
         "data": {"dataset": "ml-100k", "min_rating": 4},
         "teacher": {"model": {"name": "bpr", "embedding_dim": 8}, "train": TRAIN},
         "students": s,
-        "report": {"curve_methods": ["none", "ftd", "htd"]},
+        "report": {"curve_methods": ["none", "ftd", "htd"], "claims": "td-citeulike"},
     }
 
 
@@ -302,7 +302,11 @@ def _cell(mean, std, n=3):
 
 def test_claims_logic():
     cfg = SweepConfig.model_validate(
-        {"teacher": {"model": {"embedding_dim": 200}}, "students": {"dims": [10, 20, 100, 200]}}
+        {
+            "teacher": {"model": {"embedding_dim": 200}},
+            "students": {"dims": [10, 20, 100, 200]},
+            "report": {"reference": "td-citeulike"},
+        }
     )
     s = "fixed_epochs"
     table = {}
@@ -462,3 +466,64 @@ def test_stopping_a_parallel_sweep_stops_its_workers(env, data_root, tmp_path):
     _start_then_stop(command, env_vars, histories, signal.SIGKILL, tmp_path / "k")
     assert not any((h.parent / "metrics.json").exists() for h in histories)
     assert all(len(h.read_text().splitlines()) > 1 for h in histories)
+
+
+CUSTOM_REFERENCE = {
+    "name": "my-paper",
+    "log": {"metric": "recall@50", "epochs": [0, 1, 2], "students": {4: {"none": [0, 0, 0.01]}}},
+    "claims": {
+        "rules": [
+            {
+                "id": "ftd-beats-student",
+                "text": "FTD beats the student at φ ≤ 0.5",
+                "rule": "order_margin",
+                "phi": {"max": 0.5},
+                "order": ["ftd", "none"],
+                "margin": 0.0,
+            }
+        ]
+    },
+}
+
+
+def test_custom_reference_file_and_claim(finished_sweep, tmp_path):
+    """A sweep config names its own reference file: its log fills the reference columns and its
+    claim is checked (one seed: the margin is undecided unless 0 × spread is asked)."""
+    cfg, sweep_dir = finished_sweep
+    ref = tmp_path / "my-paper.yaml"
+    ref.write_text(yaml.safe_dump(CUSTOM_REFERENCE))
+    copy = tmp_path / "custom"
+    shutil.copytree(sweep_dir, copy)
+    data = tiny_config()
+    data["report"] = {"reference": str(ref), "curve_methods": ["none", "ftd"]}
+    custom = load_sweep_config(write_cfg(tmp_path / "c.yaml", data))
+    assert custom.report.reference == str(ref.resolve())
+    prepare_sweep_dir(custom, copy)  # only the report section changed: same experiment
+    md = write_report(copy, paired=False, latency=False)["md"].read_text()
+    assert "## Claims (my-paper)" in md and "FTD beats the student at φ ≤ 0.5: " in md
+    assert "authors' log (ep. 100)" in md and "0.0100" in md
+
+
+@pytest.mark.parametrize(
+    "patch,needle",
+    [
+        ({"rule": "bigger"}, "rules.0: .*does not match any of the expected tags"),
+        ({"order": ["ftd"]}, r"rules.0.order_margin.order: List should have at least 2"),
+        ({"order": ["ftd", "xtd"]}, "unknown method 'xtd' at claim 'ftd-beats-student'"),
+        ({"phi": {"min": 0.9, "max": 0.1}}, "phi: Value error, min 0.9 is above max 0.1"),
+    ],
+)
+def test_bad_reference_or_claim_is_one_config_error(tmp_path, patch, needle):
+    bad = json.loads(json.dumps(CUSTOM_REFERENCE))
+    bad["claims"]["rules"][0].update(patch)
+    ref = tmp_path / "bad.yaml"
+    ref.write_text(yaml.safe_dump(bad))
+    data = tiny_config()
+    data["report"] = {"reference": str(ref)}
+    with pytest.raises(ConfigError, match=needle):
+        load_sweep_config(write_cfg(tmp_path / "c.yaml", data))
+    data["report"] = {"reference": str(tmp_path / "missing.yaml")}
+    with pytest.raises(
+        ConfigError, match="neither a bundled reference .*td-citeulike.* nor a file"
+    ):
+        load_sweep_config(write_cfg(tmp_path / "c.yaml", data))

@@ -7,10 +7,11 @@ Contents:
   same run, see `recpress.experiments.sweep`), best in bold, the difference to the no-KD student
   and a two-sided paired t-test on per-user test values (saved weights, per-user values averaged
   over seeds) vs the no-KD student; the authors' logged numbers as reference columns;
-* test metric vs epoch, one panel per student dim (teacher / student / FTD / HTD, mean ± std);
+* test metric vs epoch, one panel per student dim (``report.curve_methods``, mean ± std);
 * accuracy vs size: inference parameters and measured scoring latency;
-* training seconds per epoch per method (FTD / HTD next to the no-KD student);
-* the two Topology Distillation claims (methods.md §6), each "holds" / "does not hold" with the
+* training seconds per epoch per method;
+* the claims of the sweep's reference experiment (``report.claims``, a data file, see
+  `recpress.experiments.reference`), each "holds" / "does not hold" / "undecided" with the
   numbers that decide it;
 * the runs that are missing or unfinished (an incomplete sweep reports what is there).
 """
@@ -31,183 +32,18 @@ from typing import Any
 
 import numpy as np
 
+from recpress.experiments.reference import Reference, load_reference
+from recpress.experiments.report.claims import (
+    check_claims,
+    claim_arms,
+    claims_reference,
+    log_z,
+    teacher_dim,
+)
 from recpress.experiments.rundir import METRICS, read_json, write_json, write_text
 from recpress.experiments.sweep import SweepConfig, plan, read_sweep
 from recpress.training.trainer import CHECKPOINT, HISTORY
 
-#: authors' logged test Recall@50 of the TD reference experiment (methods.md §5.a), epochs 0..100
-TD_LOG_EPOCHS = list(range(0, 101, 10))
-TD_LOG: dict[tuple[int | None, str], list[float]] = {
-    (None, "teacher"): [
-        0.0918,
-        0.2198,
-        0.2543,
-        0.2681,
-        0.2884,
-        0.2974,
-        0.3002,
-        0.3116,
-        0.3066,
-        0.3062,
-        0.3123,
-    ],  # noqa: E501
-    (10, "none"): [
-        0.0293,
-        0.1175,
-        0.1303,
-        0.1416,
-        0.1485,
-        0.1552,
-        0.1604,
-        0.1665,
-        0.1701,
-        0.1759,
-        0.1788,
-    ],
-    (10, "ftd"): [
-        0.0910,
-        0.1577,
-        0.1372,
-        0.1496,
-        0.1684,
-        0.1834,
-        0.1941,
-        0.2008,
-        0.2025,
-        0.2066,
-        0.2112,
-    ],
-    (10, "htd"): [
-        0.0634,
-        0.1625,
-        0.1882,
-        0.2064,
-        0.2125,
-        0.2186,
-        0.2225,
-        0.2238,
-        0.2263,
-        0.2276,
-        0.2282,
-    ],
-    (20, "none"): [
-        0.0374,
-        0.1255,
-        0.1508,
-        0.1700,
-        0.1857,
-        0.1941,
-        0.2077,
-        0.2129,
-        0.2171,
-        0.2226,
-        0.2276,
-    ],
-    (20, "ftd"): [
-        0.1295,
-        0.1774,
-        0.1874,
-        0.2094,
-        0.2255,
-        0.2353,
-        0.2407,
-        0.2441,
-        0.2500,
-        0.2502,
-        0.2516,
-    ],
-    (20, "htd"): [
-        0.1050,
-        0.1962,
-        0.2240,
-        0.2418,
-        0.2504,
-        0.2552,
-        0.2596,
-        0.2700,
-        0.2686,
-        0.2732,
-        0.2744,
-    ],
-    (100, "none"): [
-        0.0690,
-        0.1933,
-        0.2309,
-        0.2493,
-        0.2648,
-        0.2738,
-        0.2786,
-        0.2870,
-        0.2909,
-        0.2979,
-        0.2976,
-    ],
-    (100, "ftd"): [
-        0.1826,
-        0.2439,
-        0.2774,
-        0.2924,
-        0.3020,
-        0.3064,
-        0.3125,
-        0.3106,
-        0.3114,
-        0.3098,
-        0.3116,
-    ],
-    (100, "htd"): [
-        0.1602,
-        0.2376,
-        0.2684,
-        0.2801,
-        0.2909,
-        0.2970,
-        0.3033,
-        0.3058,
-        0.3083,
-        0.3089,
-        0.3116,
-    ],
-    (200, "none"): [
-        0.0945,
-        0.2192,
-        0.2516,
-        0.2767,
-        0.2868,
-        0.2978,
-        0.3031,
-        0.3068,
-        0.3050,
-        0.3116,
-        0.3152,
-    ],
-    (200, "ftd"): [
-        0.1897,
-        0.2640,
-        0.2987,
-        0.3039,
-        0.3091,
-        0.3127,
-        0.3114,
-        0.3154,
-        0.3135,
-        0.3123,
-        0.3175,
-    ],
-    (200, "htd"): [
-        0.1542,
-        0.2499,
-        0.2750,
-        0.2912,
-        0.3010,
-        0.3117,
-        0.3152,
-        0.3165,
-        0.3146,
-        0.3181,
-        0.3200,
-    ],
-}
 SELECTION_LABEL = {"fixed_epochs": "fixed epochs (last)", "best_valid": "validation-selected"}
 PER_USER_FILE = "per_user_test.npz"
 
@@ -421,134 +257,17 @@ def _get(table, dim, method, sel):
     return e
 
 
-def _pooled_std(a: dict, b: dict) -> float:
-    """sqrt((std_a² + std_b²) / 2); nan unless both cells have two seeds or more."""
-    if a["n"] < 2 or b["n"] < 2:
-        return float("nan")
-    return math.sqrt((a["std"] ** 2 + b["std"] ** 2) / 2)
-
-
-def _per_seed(cell: dict) -> str:
-    """ " (a / b / c)": the per-seed values behind a mean (methods.md §6 asks for them)."""
-    values = cell.get("values") or []
-    return " (" + " / ".join(f"{v:.4f}" for v in values) + ")" if len(values) > 1 else ""
-
-
-def log_z(mean: float, std: float, n: int, log: float) -> float:
-    """How far a single logged run lies from our seeds: z = (log − mean) / (std·√(1 + 1/n)).
-
-    The authors logged one run; if it were a draw from the same distribution as our n seeds
-    (mean and sample std over seeds), log − mean would have standard deviation σ·√(1 + 1/n), so z
-    is about N(0, 1) and |z| ≤ 2 means the log is within seed noise of our runs. nan with one seed.
-    """
-    if n < 2 or not std > 0:
-        return float("nan")
-    return (log - mean) / (std * math.sqrt(1.0 + 1.0 / n))
-
-
-def _fmt_spread(pooled: float) -> str:
-    return "n/a (needs 2+ seeds of each)" if math.isnan(pooled) else f"{2 * pooled:.4f}"
-
-
-def check_claims(cfg: SweepConfig, table: dict, htd_method: str, sel: str) -> list[dict]:
-    """methods.md §6 claims under one selection, for one HTD arm."""
-    t_dim = cfg.teacher.model.embedding_dim
-    dims = sorted({d for d, _ in table if d is not None})
-    small = [d for d in dims if d / t_dim <= 0.1 + 1e-9]
-    large = [d for d in dims if d / t_dim >= 0.5 - 1e-9]
-    out: list[dict] = []
-
-    def cell(dim, method):
-        return _get(table, dim, method, sel)
-
-    # claim 1
-    lines, ok, decided = [], True, bool(small)
-    for d in small:
-        h, f, s = cell(d, htd_method), cell(d, "ftd"), cell(d, "none")
-        if not (h and f and s):
-            decided = False
-            lines.append(f"d={d}: runs missing")
-            continue
-        pooled = _pooled_std(h, f)
-        gap = h["mean"] - f["mean"]
-        order = h["mean"] > f["mean"] > s["mean"]
-        margin = gap > 2 * pooled if not math.isnan(pooled) else False
-        ok &= order and margin
-        if math.isnan(pooled):  # the margin needs a spread: two seeds of each at least
-            decided = False
-        lines.append(
-            f"d={d} (φ={d / t_dim:.2f}): HTD {h['mean']:.4f}{_per_seed(h)} vs FTD "
-            f"{f['mean']:.4f}{_per_seed(f)} vs student {s['mean']:.4f}{_per_seed(s)}; "
-            f"HTD−FTD = {gap:+.4f}, 2×pooled std = {_fmt_spread(pooled)}"
-            f" → order {'kept' if order else 'broken'}, margin "
-            + ("undecided" if math.isnan(pooled) else "met" if margin else "not met")
-        )
-    out.append(
-        {
-            "claim": "HTD best when the student is tiny (φ ≤ 0.1): HTD > FTD > student, "
-            "HTD − FTD > 2 × pooled std",
-            "verdict": ("holds" if ok else "does not hold") if decided else "undecided",
-            "evidence": lines,
-        }
-    )
-    # claim 2
-    deltas, lines, decided = {}, [], bool(small and large)
-    for d in small + large:
-        h, f = cell(d, htd_method), cell(d, "ftd")
-        if not (h and f):
-            decided = False
-            lines.append(f"d={d}: runs missing")
-            continue
-        pooled = _pooled_std(h, f)
-        if math.isnan(pooled) and d in large:
-            decided = False
-            lines.append(f"d={d}: one seed only; the seed-noise test needs two or more")
-        deltas[d] = (h["mean"] - f["mean"], pooled)
-    ok = decided
-    if decided:
-        small_min = min(deltas[d][0] for d in small)
-        large_max = max(deltas[d][0] for d in large)
-        collapse = large_max < small_min
-        lines.append(
-            "Δ = HTD − FTD: "
-            + ", ".join(f"d={d}: {deltas[d][0]:+.4f}" for d in small + large)
-            + f"; max Δ(φ≥0.5) = {large_max:+.4f} {'<' if collapse else '≥'} min Δ(φ≤0.1) = "
-            f"{small_min:+.4f}"
-        )
-        ok = collapse
-        for d in large:
-            f, s = cell(d, "ftd"), cell(d, "none")
-            ftd_ok = bool(s) and f["mean"] >= s["mean"]
-            delta, pooled = deltas[d]
-            noise = not math.isnan(pooled) and abs(delta) <= 2 * pooled
-            ok &= ftd_ok and noise
-            why = ""
-            if not noise and delta < 0:
-                why = (
-                    " (FTD ahead of HTD beyond seed noise: the claim's direction, but the "
-                    "test asks for |Δ| within noise)"
-                )
-            elif not noise:
-                why = " (HTD still ahead beyond seed noise: its advantage has not vanished here)"
-            h = cell(d, htd_method)
-            lines.append(
-                f"d={d}: HTD {h['mean']:.4f}{_per_seed(h)}, "
-                f"FTD {f['mean']:.4f}{_per_seed(f)} {'≥' if ftd_ok else '<'} student "
-                f"{s['mean'] if s else float('nan'):.4f}; |Δ| = {abs(delta):.4f} "
-                f"{'≤' if noise else '>'} 2×pooled std {_fmt_spread(pooled)}{why}"
-            )
-    out.append(
-        {
-            "claim": "FTD gains as the gap shrinks: Δ(φ≥0.5) < Δ(φ≤0.1), FTD ≥ student at "
-            "φ ≥ 0.5, |Δ| within seed noise there",
-            "verdict": ("holds" if ok else "does not hold") if decided else "undecided",
-            "evidence": lines,
-        }
-    )
+# ---------------------------------------------------------------------------------------------
+def palette(names: list[str]) -> dict[str, str]:
+    """A colour per name in order of appearance (tab10 cycle); ``teacher`` is black."""
+    cycle = [f"C{i}" for i in range(10)]
+    out: dict[str, str] = {}
+    for name in names:
+        if name not in out:
+            out[name] = "black" if name == "teacher" else cycle[len(out) % len(cycle)]
     return out
 
 
-# ---------------------------------------------------------------------------------------------
 def _figure_png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
@@ -558,7 +277,7 @@ def _figure_png(fig) -> bytes:
     return buf.getvalue()
 
 
-def plot_curves(cfg: SweepConfig, found: dict, reference: bool) -> bytes | None:
+def plot_curves(cfg: SweepConfig, found: dict, reference: Reference | None) -> bytes | None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -569,7 +288,7 @@ def plot_curves(cfg: SweepConfig, found: dict, reference: bool) -> bytes | None:
         return None
     dims = dims or [None]
     fig, axes = plt.subplots(1, len(dims), figsize=(4.2 * len(dims), 3.6), squeeze=False)
-    colors = {"teacher": "black", "none": "tab:gray", "ftd": "tab:blue", "htd": "tab:red"}
+    colors = palette(["teacher", *cfg.report.curve_methods])
     metric = cfg.report.metric
     for ax, dim in zip(axes[0], dims, strict=True):
         series = [(None, "teacher")] + [(dim, m) for m in cfg.report.curve_methods]
@@ -591,9 +310,11 @@ def plot_curves(cfg: SweepConfig, found: dict, reference: bool) -> bytes | None:
                             color=color,
                             alpha=0.15,
                         )
-            log = TD_LOG.get((key[0], key[1])) if reference else None
+            log = reference.log.series(key[0], key[1]) if reference else None
             if log is not None:
-                ax.plot(TD_LOG_EPOCHS, log, ls="--", lw=1, color=color, label=f"{label} (log)")
+                ax.plot(
+                    reference.log.epochs, log, ls="--", lw=1, color=color, label=f"{label} (log)"
+                )
         ax.set_title(f"student d = {dim}" if dim else "teacher")
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"test {metric}")
@@ -664,7 +385,10 @@ def build_report(
     metric = cfg.report.metric
     found, missing = collect(cfg, sweep_dir)
     table = summarize(cfg, found)
-    reference = cfg.report.reference == "td-citeulike" and metric == "recall@50"
+    ref = load_reference(cfg.report.reference)
+    reference = (
+        ref if ref is not None and ref.log is not None and ref.log.metric == metric else None
+    )
     split = None
     if found and (paired or (latency and cfg.report.latency)):
         try:
@@ -676,11 +400,7 @@ def build_report(
     tests = paired_tests(found, metric, split) if paired and split is not None else {}
     lat = measure_latency(found, split) if latency and cfg.report.latency and split else {}
     sels = list(cfg.report.selections)
-    htd_arms = [
-        m
-        for m in cfg.students.methods
-        if m == "htd" or cfg.students.arms.get(m, None) and cfg.students.arms[m].method == "htd"
-    ]
+    claims_ref = claims_reference(cfg) if cfg.report.claims else None
 
     md: list[str] = [f"# Sweep report: {cfg.name}", ""]
     n_total = len(plan(cfg, sweep_dir))
@@ -703,7 +423,7 @@ def build_report(
     ]
     kd = cfg.students
     md += [
-        f"Teacher: {cfg.teacher.model.name} d={cfg.teacher.model.embedding_dim}. "
+        f"Teacher: {cfg.teacher.model.name} d={teacher_dim(cfg)}. "
         f"KD weights λ (sum reduction, as the references): {kd.weights or 'method defaults'}; "
         f"params: {kd.params or 'defaults'}; arms: "
         f"{ {k: v.model_dump() for k, v in kd.arms.items()} or 'none' }.",
@@ -712,13 +432,14 @@ def build_report(
     t = table.get((None, "teacher"))
     if t:
         parts = [f"{SELECTION_LABEL[s]} {t[s]['mean']:.4f}" for s in sels if s in t]
-        ref = f" (authors' log: {TD_LOG[(None, 'teacher')][-1]:.4f})" if reference else ""
+        logged = reference.log.final(None, "teacher") if reference else None
+        ref = f" (authors' log: {logged:.4f})" if logged is not None else ""
         md += [f"**Teacher**: test {metric} " + ", ".join(parts) + ref, ""]
 
     reference_cells: list[dict] = []
     dims = sorted({d for d, _ in table if d is not None})
     for dim in dims:
-        md += [f"## Student d = {dim} (φ = {dim / cfg.teacher.model.embedding_dim:.2f})", ""]
+        md += [f"## Student d = {dim} (φ = {dim / teacher_dim(cfg):.2f})", ""]
         header = ["method", "seeds"] + [SELECTION_LABEL[s] for s in sels] + ["Δ vs none", "p"]
         if reference:
             header += ["authors' log (ep. 100)", "≥ log?"]
@@ -753,7 +474,8 @@ def build_report(
                 cells.append("—")
             cells.append(f"{tt['p']:.2g}" if tt and not math.isnan(tt["p"]) else "—")
             if reference:
-                log = TD_LOG.get((dim, m))
+                final = reference.log.final(dim, m)
+                log = [final] if final is not None else None
                 fixed = e.get("fixed_epochs")
                 if log is not None and fixed:
                     ok = fixed["mean"] >= log[-1]
@@ -824,17 +546,27 @@ def build_report(
     md.append("")
 
     claims: dict[str, list[dict]] = {}
-    if cfg.report.claims and htd_arms:
-        md += ["## Claims (methods.md §6)", ""]
-        for arm in htd_arms:
-            flags = kd.arms[arm].params.get("htd") if arm in kd.arms else kd.params.get("htd")
+    arms = claim_arms(cfg, claims_ref) if claims_ref is not None else []
+    if claims_ref is not None and claims_ref.claims.rules and arms:
+        md += [f"## Claims ({claims_ref.name})", ""]
+        if len(cfg.students.seeds) < 2:
+            md += [
+                "One seed: the claims' seed-noise parts (margins over the pooled std, |Δ| "
+                "within noise) cannot be tested with one seed; the orders and gaps are shown "
+                "and tested. Run more seeds (`--seeds 0,1,2`) to decide them.",
+                "",
+            ]
+        base = claims_ref.claims.arms_of
+        for arm in arms:
             for s in sels:
-                res = check_claims(cfg, table, arm, s)
-                claims[f"{arm}/{s}"] = res
-                md += [
-                    f"### HTD arm `{arm}` (params {flags or 'defaults'}), {SELECTION_LABEL[s]}",
-                    "",
-                ]
+                res = check_claims(cfg, table, arm, s, claims_ref)
+                claims[f"{arm}/{s}" if arm else s] = res
+                if arm is not None:
+                    flags = kd.arms[arm].params.get(base) if arm in kd.arms else kd.params.get(base)
+                    title = f"{base.upper()} arm `{arm}` (params {flags or 'defaults'}), "
+                else:
+                    title = ""
+                md += [f"### {title}{SELECTION_LABEL[s]}", ""]
                 for c in res:
                     md.append(f"* **{c['claim']}: {c['verdict'].upper()}**")
                     md += [f"  * {line}" for line in c["evidence"]]

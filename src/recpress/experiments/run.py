@@ -12,7 +12,13 @@ from recpress.data.config import DataConfig
 from recpress.data.config import load_split_for as load_data_split
 from recpress.data.types import Split
 from recpress.distill.knowledge import Knowledge
-from recpress.distill.registry import check_requires, describe, make_distillers, prepare_distillers
+from recpress.distill.registry import (
+    check_requires,
+    check_student,
+    describe,
+    make_distillers,
+    prepare_distillers,
+)
 from recpress.distill.teachers import load_teacher, teacher_info
 from recpress.errors import ConfigError
 from recpress.experiments.config import RunConfig, normalise_run_yaml, parse_config
@@ -107,6 +113,7 @@ def train_run(
         bound += [next(iter(teachers.values()))] * len(distillers)
         n_configured = len(configured)
         distillers = configured + distillers
+        check_student(distillers, model)  # representation methods need student embeddings
     state = prepare_run_dir(
         out, config.to_yaml(), overwrite=overwrite, normalise=normalise_run_yaml
     )

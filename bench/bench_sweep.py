@@ -73,7 +73,7 @@ def main() -> None:
         runs.append(
             {
                 "run": spec.label,
-                "dim": spec.dim if spec.dim is not None else cfg.teacher.model.embedding_dim,
+                "dim": spec.dim if spec.dim is not None else cfg.main_teacher().model.embedding_dim,
                 "method": "teacher" if spec.is_teacher else spec.method,
                 "epochs": m["epochs_run"],
                 "seconds_per_epoch": m["seconds_per_epoch"],

@@ -527,3 +527,54 @@ def test_bad_reference_or_claim_is_one_config_error(tmp_path, patch, needle):
         ConfigError, match="neither a bundled reference .*td-citeulike.* nor a file"
     ):
         load_sweep_config(write_cfg(tmp_path / "c.yaml", data))
+
+
+def two_teacher_config(**students) -> dict:
+    data = tiny_config(methods=["none", "ftd", "htd+rrd"], **students)
+    del data["teacher"]
+    data["teachers"] = {
+        "wide": {"model": {"name": "bpr", "embedding_dim": 8}, "train": TRAIN},
+        "narrow": {"model": {"name": "bpr", "embedding_dim": 6}, "train": TRAIN},
+    }
+    data["students"]["teacher_of"] = {"ftd": "wide", "htd": "wide", "rrd": "narrow"}
+    return data
+
+
+def test_two_teachers_each_trained_once_and_bound_per_term(env, tmp_path):
+    """`teachers:` trains each teacher once into teachers/<name>/; every KD term of a student
+    distils from the teacher `teacher_of` names; the report shows the first as the teacher."""
+    cfg = SweepConfig.model_validate(two_teacher_config())
+    out = tmp_path / "two"
+    summary = run_sweep(cfg, out, progress=False)
+    assert summary["trained"][:2] == ["teacher wide", "teacher narrow"]
+    assert len(summary["trained"]) == 5
+    for name in ("wide", "narrow"):
+        assert (out / "teachers" / name / "metrics.json").is_file()
+    assert not (out / "teacher").exists()
+    runs = {r.method: r for r in plan(cfg, out) if not r.is_teacher}
+    kd = runs["htd+rrd"].config.distill
+    assert kd.teacher_of == {"htd": "wide", "rrd": "narrow"}
+    assert {n: Path(p) for n, p in kd.teachers.items()} == {
+        "wide": (out / "teachers/wide").resolve(),
+        "narrow": (out / "teachers/narrow").resolve(),
+    }
+    assert set(runs["ftd"].config.distill.teachers) == {"wide"}
+    metrics = json.loads((runs["htd+rrd"].path / "metrics.json").read_text())
+    assert "profile" in metrics  # the runner profiled the finished run (once)
+    md = write_report(out, paired=False, latency=False)["md"].read_text()
+    assert "**Teacher**" in md and "None: the sweep is complete." in md
+    again = run_sweep(cfg, out, progress=False)
+    assert not again["trained"]
+
+
+def test_two_teachers_need_a_teacher_for_every_term(tmp_path):
+    data = two_teacher_config()
+    data["students"]["teacher_of"] = {"ftd": "wide", "htd": "wide"}
+    with pytest.raises(ConfigError, match="term 'rrd' has no teacher; with several teachers"):
+        load_sweep_config(write_cfg(tmp_path / "c.yaml", data))
+    data["students"]["teacher_of"] = {"ftd": "wide", "htd": "wide", "rrd": "big"}
+    with pytest.raises(ConfigError, match="teacher 'big' of 'rrd' is not in"):
+        load_sweep_config(write_cfg(tmp_path / "c.yaml", data))
+    data["teacher"] = {"model": {"embedding_dim": 8}}
+    with pytest.raises(ConfigError, match="either teacher .* or teachers"):
+        load_sweep_config(write_cfg(tmp_path / "c.yaml", data))

@@ -115,8 +115,11 @@ def collect(cfg: SweepConfig, sweep_dir: Path) -> tuple[dict, list[dict]]:
     metric = cfg.report.metric
     found: dict[tuple[int | None, str], list[RunResult]] = defaultdict(list)
     missing: list[dict] = []
-    for spec in plan(cfg, sweep_dir):
-        key = (spec.dim, "teacher" if spec.is_teacher else spec.method)
+    runs = plan(cfg, sweep_dir)
+    for spec in runs:
+        main = spec.is_teacher and spec.path == runs[0].path  # the main teacher: "teacher"
+        name = ("teacher" if main else spec.label) if spec.is_teacher else spec.method
+        key = (spec.dim, name)
         if (spec.path / METRICS).is_file() and (spec.path / HISTORY).is_file():
             found[key].append(read_run(spec.path, metric, spec.dim, key[1], spec.seed))
             continue
@@ -423,7 +426,7 @@ def build_report(
     ]
     kd = cfg.students
     md += [
-        f"Teacher: {cfg.teacher.model.name} d={teacher_dim(cfg)}. "
+        f"Teacher: {cfg.main_teacher().model.name} d={teacher_dim(cfg)}. "
         f"KD weights λ (sum reduction, as the references): {kd.weights or 'method defaults'}; "
         f"params: {kd.params or 'defaults'}; arms: "
         f"{ {k: v.model_dump() for k, v in kd.arms.items()} or 'none' }.",

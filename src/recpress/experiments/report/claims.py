@@ -21,7 +21,7 @@ from recpress.experiments.sweep import SweepConfig
 
 def teacher_dim(cfg: SweepConfig) -> int:
     """The teacher's width (φ = student dim / teacher dim)."""
-    model = cfg.teacher.model
+    model = cfg.main_teacher().model
     dim = getattr(model, "embedding_dim", None)
     if dim is None and hasattr(model, "params"):
         dim = model.params.get("embedding_dim")

@@ -14,6 +14,7 @@ from recpress.experiments.sweep.plan import (
     read_sweep,
     run_path,
     student_run_config,
+    teacher_path,
 )
 from recpress.experiments.sweep.runner import (
     PARENT_POLL_SECONDS,
@@ -26,6 +27,7 @@ from recpress.experiments.sweep.schema import (
     SELECTIONS,
     SWEEP_FILE,
     TEACHER_DIR,
+    TEACHERS_DIR,
     ArmSpec,
     GridSpec,
     ReportSpec,
@@ -42,6 +44,7 @@ __all__ = [
     "SELECTIONS",
     "SWEEP_FILE",
     "TEACHER_DIR",
+    "TEACHERS_DIR",
     "ArmSpec",
     "GridSpec",
     "ReportSpec",
@@ -62,4 +65,5 @@ __all__ = [
     "run_path",
     "run_sweep",
     "student_run_config",
+    "teacher_path",
 ]

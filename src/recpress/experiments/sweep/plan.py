@@ -16,9 +16,11 @@ from recpress.experiments.sweep.schema import (
     RUNS_DIR,
     SWEEP_FILE,
     TEACHER_DIR,
+    TEACHERS_DIR,
     SweepConfig,
     load_sweep_config,
     method_settings,
+    teacher_of,
 )
 
 
@@ -32,42 +34,55 @@ class RunSpec:
     dim: int | None = None
     method: str | None = None
     seed: int | None = None
+    teacher: str | None = None  # a teacher run: its name
 
     @property
     def is_teacher(self) -> bool:
         return self.dim is None
 
 
-def student_run_config(cfg: SweepConfig, teacher_dir: Path, dim: int, method: str, seed: int):
-    """The RunConfig of one student run."""
+def teacher_path(cfg: SweepConfig, sweep_dir: str | Path, name: str) -> Path:
+    """``teacher/`` for the single teacher, ``teachers/<name>/`` for each of several."""
+    if cfg.teacher is not None:
+        return Path(sweep_dir) / TEACHER_DIR
+    return Path(sweep_dir) / TEACHERS_DIR / name
+
+
+def student_run_config(cfg: SweepConfig, sweep_dir: Path, dim: int, method: str, seed: int):
+    """The RunConfig of one student run (its teachers are the sweep's teacher runs)."""
     from recpress.distill.registry import parse_method
 
     s = cfg.students
     base_method, weights, params = method_settings(s, method)
+    main = cfg.main_teacher().model
     model = ModelConfig(
-        name=s.model or cfg.teacher.model.name,
+        name=s.model or main.name,
         embedding_dim=dim,
-        init_std=s.init_std or cfg.teacher.model.init_std,
+        init_std=s.init_std or main.init_std,
     )
     train = s.train.model_copy(update={"seed": int(seed)})
     distill = None
     if parse_method(base_method):
-        distill = DistillConfig(
-            teacher=str(teacher_dir.resolve()),
-            method=base_method,
-            weights=weights,
-            params=params,
-            topn=s.topn,
-        )
+        kd = {"method": base_method, "weights": weights, "params": params, "topn": s.topn}
+        if cfg.teacher is not None:  # the single form: stored configs of older sweeps match
+            kd["teacher"] = str(teacher_path(cfg, sweep_dir, "teacher").resolve())
+        else:
+            mapping = teacher_of(cfg, method)
+            used = sorted(set(mapping.values()))
+            kd["teachers"] = {n: str(teacher_path(cfg, sweep_dir, n).resolve()) for n in used}
+            kd["teacher_of"] = mapping
+        distill = DistillConfig(**kd)
     return RunConfig(data=cfg.data, model=model, train=train, distill=distill)
 
 
 def plan(cfg: SweepConfig, sweep_dir: str | Path) -> list[RunSpec]:
-    """All runs of a sweep, teacher first, then students by dim, method, seed."""
+    """All runs of a sweep, teachers first, then students by dim, method, seed."""
     sweep_dir = Path(sweep_dir)
-    tdir = sweep_dir / TEACHER_DIR
-    teacher = RunConfig(data=cfg.data, model=cfg.teacher.model, train=cfg.teacher.train)
-    runs = [RunSpec("teacher", tdir, teacher)]
+    runs = []
+    for name, spec in cfg.teacher_specs().items():
+        config = RunConfig(data=cfg.data, model=spec.model, train=spec.train)
+        label = "teacher" if cfg.teacher is not None else f"teacher {name}"
+        runs.append(RunSpec(label, teacher_path(cfg, sweep_dir, name), config, teacher=name))
     for dim in cfg.students.dims:
         for method in cfg.students.methods:
             for seed in cfg.students.seeds:
@@ -75,7 +90,7 @@ def plan(cfg: SweepConfig, sweep_dir: str | Path) -> list[RunSpec]:
                     RunSpec(
                         f"d={dim} {method} seed {seed}",
                         run_path(sweep_dir, dim, method, seed),
-                        student_run_config(cfg, tdir, dim, method, seed),
+                        student_run_config(cfg, sweep_dir, dim, method, seed),
                         dim,
                         method,
                         seed,
@@ -113,7 +128,7 @@ def _prepare_sweep_dir(
     stored = existing.read_text() if existing.is_file() else None
     if stored is not None and not same_config(stored, text, _normalise_sweep_yaml):
         if restart:
-            for name in (TEACHER_DIR, RUNS_DIR):
+            for name in (TEACHER_DIR, TEACHERS_DIR, RUNS_DIR):
                 shutil.rmtree(sweep_dir / name, ignore_errors=True)
             for name in ("report.md", "report.html", "report.json"):
                 (sweep_dir / name).unlink(missing_ok=True)
@@ -143,8 +158,8 @@ def grid_change(stored_yaml: str, cfg: SweepConfig, sweep_dir: Path) -> dict[str
         stored = parse_config(SweepConfig, yaml.safe_load(stored_yaml) or {})
     except (RecPressError, ValueError, TypeError):
         return None
-    old = {(r.dim, r.method, r.seed): r.config.model_dump() for r in plan(stored, sweep_dir)}
-    new = {(r.dim, r.method, r.seed): r.config.model_dump() for r in plan(cfg, sweep_dir)}
+    old = {r.label: r.config.model_dump() for r in plan(stored, sweep_dir)}
+    new = {r.label: r.config.model_dump() for r in plan(cfg, sweep_dir)}
     if any(old[key] != new[key] for key in old.keys() & new.keys()):
         return None
     return {"added": len(new.keys() - old.keys()), "dropped": len(old.keys() - new.keys())}

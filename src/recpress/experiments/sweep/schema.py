@@ -34,6 +34,7 @@ from recpress.training.config import TrainConfig
 
 SWEEP_FILE = "sweep.yaml"
 TEACHER_DIR = "teacher"
+TEACHERS_DIR = "teachers"
 RUNS_DIR = "runs"
 SELECTIONS = ("fixed_epochs", "best_valid")
 
@@ -59,6 +60,9 @@ class ArmSpec(BaseModel):
     method: str
     weights: dict[str, float] = Field(default_factory=dict)
     params: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    teacher_of: dict[str, str] = Field(
+        default_factory=dict, description="method term -> teacher name (overrides the grid's)"
+    )
 
 
 class StudentsSpec(BaseModel):
@@ -82,6 +86,10 @@ class StudentsSpec(BaseModel):
     params: dict[str, dict[str, Any]] = Field(default_factory=dict)
     topn: int = Field(500, ge=1)
     arms: dict[str, ArmSpec] = Field(default_factory=dict)
+    teacher_of: dict[str, str] = Field(
+        default_factory=dict,
+        description="method term -> name under `teachers` (needed for every term with several)",
+    )
 
     @field_validator("dims")
     @classmethod
@@ -179,7 +187,10 @@ class SweepConfig(BaseModel):
 
     name: str = "sweep"
     data: DataConfig = Field(default_factory=DataConfig)
-    teacher: TeacherSpec = Field(default_factory=TeacherSpec)
+    teacher: TeacherSpec | None = Field(None, description="the one teacher (into teacher/)")
+    teachers: dict[str, TeacherSpec] = Field(
+        default_factory=dict, description="several teachers, each trained into teachers/<name>/"
+    )
     students: StudentsSpec = Field(default_factory=StudentsSpec)
     report: ReportSpec = Field(default_factory=ReportSpec)
     grids: dict[str, GridSpec] = Field(
@@ -188,6 +199,10 @@ class SweepConfig(BaseModel):
 
     @model_validator(mode="after")
     def _known_methods(self) -> SweepConfig:
+        if self.teacher is not None and self.teachers:
+            raise ValueError("give either teacher (one) or teachers (name: spec), not both")
+        if self.teacher is None and not self.teachers:
+            self.teacher = TeacherSpec()
         for i, m in enumerate(self.students.methods):
             if m in self.students.arms:
                 continue
@@ -205,7 +220,19 @@ class SweepConfig(BaseModel):
                     _check_method(m, f"grids.{name}.methods.{i}", students.arms)
             _check_method_settings(students)
         _check_claims(self)
+        for m in self.students.methods + [
+            m for g in self.grids.values() for m in (g.methods or [])
+        ]:
+            teacher_of(self, m)
         return self
+
+    def teacher_specs(self) -> dict[str, TeacherSpec]:
+        """Teachers by name: ``{"teacher": spec}`` for the single form, else ``teachers``."""
+        return {"teacher": self.teacher} if self.teacher is not None else dict(self.teachers)
+
+    def main_teacher(self) -> TeacherSpec:
+        """The single teacher, or the first of ``teachers`` (the students' default model)."""
+        return next(iter(self.teacher_specs().values()))
 
     def with_grid(self, grid: str | None = None, seeds: list[int] | None = None) -> SweepConfig:
         """This config with the named grid's dims/methods/seeds (None: the top-level students),
@@ -308,6 +335,33 @@ def method_settings(
         for k, v in arm.params.items():
             params.setdefault(k, {}).update(v)
     return base_method, weights, params
+
+
+def teacher_of(cfg: SweepConfig, method: str) -> dict[str, str]:
+    """Method term -> teacher name of a grid method or arm (the grid's ``teacher_of``, then the
+    arm's); empty with a single teacher. ValueError if a term lacks a teacher or names an
+    unknown one."""
+    from recpress.distill.registry import parse_method
+
+    s = cfg.students
+    arm = s.arms.get(method)
+    terms = parse_method(arm.method if arm else method)
+    mapping = {t: n for t, n in s.teacher_of.items() if t in terms}
+    mapping.update(arm.teacher_of if arm else {})
+    if not cfg.teachers:
+        return {}
+    names = sorted(cfg.teachers)
+    for term in terms:
+        name = mapping.get(term)
+        if name is None and len(names) > 1:
+            raise ValueError(
+                f"method {method!r}: term {term!r} has no teacher; with several teachers give "
+                f"students.teacher_of (or the arm's teacher_of) {{{term}: one of {names}}}"
+            )
+        if name is not None and name not in cfg.teachers:
+            raise ValueError(f"method {method!r}: teacher {name!r} of {term!r} is not in {names}")
+        mapping[term] = name or names[0]
+    return mapping
 
 
 def _component_dict(names: list[str], given: dict[str, Any]) -> dict[str, Any]:

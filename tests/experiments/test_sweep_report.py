@@ -501,7 +501,7 @@ def test_custom_reference_file_and_claim(finished_sweep, tmp_path):
     prepare_sweep_dir(custom, copy)  # only the report section changed: same experiment
     md = write_report(copy, paired=False, latency=False)["md"].read_text()
     assert "## Claims (my-paper)" in md and "FTD beats the student at φ ≤ 0.5: " in md
-    assert "authors' log (ep. 100)" in md and "0.0100" in md
+    assert "authors' log (ep. 2)" in md and "0.0100" in md
 
 
 @pytest.mark.parametrize(

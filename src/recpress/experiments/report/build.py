@@ -379,6 +379,31 @@ def plot_size(cfg: SweepConfig, table: dict, latency: dict, sel: str) -> bytes |
 
 
 # ---------------------------------------------------------------------------------------------
+@dataclass
+class _Report:
+    """What the report sections read: the config, the summary table and the side results."""
+
+    cfg: SweepConfig
+    table: dict
+    sels: list[str]
+    reference: Reference | None
+    tests: dict = field(default_factory=dict)
+    reference_cells: list[dict] = field(default_factory=list)
+
+    @property
+    def dims(self) -> list[int]:
+        return sorted({d for d, _ in self.table if d is not None})
+
+
+def _load_split(cfg: SweepConfig, sweep_dir: Path):
+    try:
+        from recpress.experiments.run import load_split_for
+
+        return load_split_for(plan(cfg, sweep_dir)[0].config)
+    except Exception:
+        return None
+
+
 def build_report(
     sweep_dir: str | Path, paired: bool = True, latency: bool = True
 ) -> tuple[str, dict[str, bytes], dict]:
@@ -387,28 +412,46 @@ def build_report(
     cfg = read_sweep(sweep_dir)
     metric = cfg.report.metric
     found, missing = collect(cfg, sweep_dir)
-    table = summarize(cfg, found)
     ref = load_reference(cfg.report.reference)
-    reference = (
-        ref if ref is not None and ref.log is not None and ref.log.metric == metric else None
-    )
-    split = None
-    if found and (paired or (latency and cfg.report.latency)):
-        try:
-            from recpress.experiments.run import load_split_for
-
-            split = load_split_for(plan(cfg, sweep_dir)[0].config)
-        except Exception:
-            split = None
-    tests = paired_tests(found, metric, split) if paired and split is not None else {}
+    has_log = ref is not None and ref.log is not None and ref.log.metric == metric
+    r = _Report(cfg, summarize(cfg, found), list(cfg.report.selections), ref if has_log else None)
+    wants_split = found and (paired or (latency and cfg.report.latency))
+    split = _load_split(cfg, sweep_dir) if wants_split else None
+    r.tests = paired_tests(found, metric, split) if paired and split is not None else {}
     lat = measure_latency(found, split) if latency and cfg.report.latency and split else {}
-    sels = list(cfg.report.selections)
-    claims_ref = claims_reference(cfg) if cfg.report.claims else None
-
-    md: list[str] = [f"# Sweep report: {cfg.name}", ""]
     n_total = len(plan(cfg, sweep_dir))
+    md = _intro(r, sweep_dir, n_total - len(missing), n_total)
+    for dim in r.dims:
+        md += _student_table(r, dim)
+    figure_md, figures = _figures(r, found, lat)
+    md += figure_md + _timing(r)
+    claims_md, claims = _claims(r)
+    md += claims_md
+    if r.reference_cells:
+        epoch = r.reference.log.epochs[-1] if r.reference else ""
+        md += [
+            f"## Authors' logged table (test {metric} at epoch {epoch}) vs our fixed-epoch mean",
+            "",
+        ]
+        md += _reference_bullets(r.reference_cells) + _reference_summary(r.reference_cells)
+    md += _missing(missing)
+    numbers = {
+        "table": {f"{d}/{m}": v for (d, m), v in r.table.items()},
+        "paired_tests": {f"{d}/{m}": v for (d, m), v in r.tests.items()},
+        "latency": {str(k): v for k, v in lat.items()},
+        "claims": claims,
+        "reference_cells": r.reference_cells,
+        "missing": missing,
+    }
+    return "\n".join(md), figures, numbers
+
+
+def _intro(r: _Report, sweep_dir: Path, n_done: int, n_total: int) -> list[str]:
+    """Title, what the columns mean, the teacher and KD settings, the teacher's result."""
+    cfg, sels, metric, reference, table = r.cfg, r.sels, r.cfg.report.metric, r.reference, r.table
+    md: list[str] = [f"# Sweep report: {cfg.name}", ""]
     md += [
-        f"Sweep directory `{sweep_dir}`; {n_total - len(missing)} of {n_total} runs finished. "
+        f"Sweep directory `{sweep_dir}`; {n_done} of {n_total} runs finished. "
         f"Metric: test {metric}, mean ± std over seeds {cfg.students.seeds}. "
         "Selections: "
         + ", ".join(
@@ -439,70 +482,79 @@ def build_report(
         ref = f" (authors' log: {logged:.4f})" if logged is not None else ""
         md += [f"**Teacher**: test {metric} " + ", ".join(parts) + ref, ""]
 
-    reference_cells: list[dict] = []
-    dims = sorted({d for d, _ in table if d is not None})
-    for dim in dims:
-        md += [f"## Student d = {dim} (φ = {dim / teacher_dim(cfg):.2f})", ""]
-        header = ["method", "seeds"] + [SELECTION_LABEL[s] for s in sels] + ["Δ vs none", "p"]
-        if reference:
-            header += ["authors' log (ep. 100)", "≥ log?"]
-        header += ["s/epoch", "aux params"]
-        md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        best = {
-            s: max(
-                (table[(dim, m)][s]["mean"] for m in kd.methods if s in table.get((dim, m), {})),
-                default=None,
-            )
-            for s in sels
-        }
-        for m in kd.methods:
-            e = table.get((dim, m))
-            if not e:
-                md.append(f"| {m} | 0 | " + " | ".join("—" for _ in header[2:]) + " |")
-                continue
-            cells = [m, str(len(e["seeds"]))]
-            for s in sels:
-                if s not in e:
-                    cells.append("—")
-                    continue
-                text = _fmt(e[s]["mean"], e[s]["std"], e[s]["n"])
-                cells.append(f"**{text}**" if e[s]["mean"] == best[s] else text)
-            tt = tests.get((dim, m))
-            base = table.get((dim, "none"), {}).get(sels[0])
-            if tt:
-                cells.append(f"{tt['diff']:+.4f}")
-            elif m != "none" and base and sels[0] in e:
-                cells.append(f"{e[sels[0]]['mean'] - base['mean']:+.4f} (means)")
-            else:
-                cells.append("—")
-            cells.append(f"{tt['p']:.2g}" if tt and not math.isnan(tt["p"]) else "—")
-            if reference:
-                final = reference.log.final(dim, m)
-                log = [final] if final is not None else None
-                fixed = e.get("fixed_epochs")
-                if log is not None and fixed:
-                    ok = fixed["mean"] >= log[-1]
-                    z = log_z(fixed["mean"], fixed["std"], fixed["n"], log[-1])
-                    reference_cells.append(
-                        {
-                            "dim": dim,
-                            "method": m,
-                            "ours": fixed["mean"],
-                            "n": fixed["n"],
-                            "log": log[-1],
-                            "z": z,
-                            "reached": ok,
-                        }
-                    )
-                    verdict = "yes" if ok else "**no**"
-                    z_text = _z_text(z)
-                    cells += [f"{log[-1]:.4f}", f"{verdict} ({z_text})" if z_text else verdict]
-                else:
-                    cells += ["—", "—"]
-            cells += [f"{e['seconds_per_epoch']:.3f}", f"{e['aux_parameters']:,}"]
-            md.append("| " + " | ".join(cells) + " |")
-        md.append("")
+    return md
 
+
+def _student_table(r: _Report, dim: int) -> list[str]:
+    """The table of one student dim (one row per grid method)."""
+    cfg, sels, table, tests, reference = r.cfg, r.sels, r.table, r.tests, r.reference
+    kd = cfg.students
+    md = [f"## Student d = {dim} (φ = {dim / teacher_dim(cfg):.2f})", ""]
+    header = ["method", "seeds"] + [SELECTION_LABEL[s] for s in sels] + ["Δ vs none", "p"]
+    if reference:
+        header += [f"authors' log (ep. {reference.log.epochs[-1]})", "≥ log?"]
+    header += ["s/epoch", "aux params"]
+    md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    best = {
+        s: max(
+            (table[(dim, m)][s]["mean"] for m in kd.methods if s in table.get((dim, m), {})),
+            default=None,
+        )
+        for s in sels
+    }
+    for m in kd.methods:
+        e = table.get((dim, m))
+        if not e:
+            md.append(f"| {m} | 0 | " + " | ".join("—" for _ in header[2:]) + " |")
+            continue
+        cells = [m, str(len(e["seeds"]))]
+        for s in sels:
+            if s not in e:
+                cells.append("—")
+                continue
+            text = _fmt(e[s]["mean"], e[s]["std"], e[s]["n"])
+            cells.append(f"**{text}**" if e[s]["mean"] == best[s] else text)
+        cells += _delta_cells(table, tests.get((dim, m)), dim, m, sels[0])
+        if reference:
+            cells += _log_cells(r, dim, m, e.get("fixed_epochs"))
+        cells += [f"{e['seconds_per_epoch']:.3f}", f"{e['aux_parameters']:,}"]
+        md.append("| " + " | ".join(cells) + " |")
+    return md + [""]
+
+
+def _delta_cells(table: dict, tt: dict | None, dim: int, m: str, sel: str) -> list[str]:
+    """Δ vs the no-KD student (paired test, else difference of means) and its p-value."""
+    e = table[(dim, m)]
+    base = table.get((dim, "none"), {}).get(sel)
+    if tt:
+        delta = f"{tt['diff']:+.4f}"
+    elif m != "none" and base and sel in e:
+        delta = f"{e[sel]['mean'] - base['mean']:+.4f} (means)"
+    else:
+        delta = "—"
+    return [delta, f"{tt['p']:.2g}" if tt and not math.isnan(tt["p"]) else "—"]
+
+
+def _log_cells(r: _Report, dim: int, m: str, fixed: dict | None) -> list[str]:
+    """The logged final value and whether our fixed-epoch mean reaches it (recorded in `r`)."""
+    log = r.reference.log.final(dim, m) if r.reference else None
+    if log is None or not fixed:
+        return ["—", "—"]
+    ok = fixed["mean"] >= log
+    z = log_z(fixed["mean"], fixed["std"], fixed["n"], log)
+    r.reference_cells.append(
+        {"dim": dim, "method": m, "ours": fixed["mean"], "n": fixed["n"], "log": log, "z": z,
+         "reached": ok}
+    )  # fmt: skip
+    verdict = "yes" if ok else "**no**"
+    z_text = _z_text(z)
+    return [f"{log:.4f}", f"{verdict} ({z_text})" if z_text else verdict]
+
+
+def _figures(r: _Report, found: dict, lat: dict) -> tuple[list[str], dict[str, bytes]]:
+    """The curves and size figures (PNG bytes) and their sections, with the latency table."""
+    cfg, table, sels, reference, metric = r.cfg, r.table, r.sels, r.reference, r.cfg.report.metric
+    md: list[str] = []
     figures: dict[str, bytes] = {}
     curves = plot_curves(cfg, found, reference)
     if curves:
@@ -533,8 +585,14 @@ def build_report(
                 )
             md.append("")
 
-    # timing
-    md += ["## Training time per epoch (s, mean over seeds)", ""]
+    return md, figures
+
+
+def _timing(r: _Report) -> list[str]:
+    """Training seconds per epoch per method and dim."""
+    table, dims, kd = r.table, r.dims, r.cfg.students
+    t = table.get((None, "teacher"))
+    md = ["## Training time per epoch (s, mean over seeds)", ""]
     md += [
         "| method | " + " | ".join(f"d={d}" for d in dims) + " |",
         "|" + "---|" * (len(dims) + 1),
@@ -548,6 +606,14 @@ def build_report(
         md.append(f"\nTeacher: {t['seconds_per_epoch']:.3f} s/epoch.")
     md.append("")
 
+    return md
+
+
+def _claims(r: _Report) -> tuple[list[str], dict[str, list[dict]]]:
+    """The claims section: each claim per arm and selection, with its evidence."""
+    cfg, table, sels, kd = r.cfg, r.table, r.sels, r.cfg.students
+    claims_ref = claims_reference(cfg) if cfg.report.claims else None
+    md: list[str] = []
     claims: dict[str, list[dict]] = {}
     arms = claim_arms(cfg, claims_ref) if claims_ref is not None else []
     if claims_ref is not None and claims_ref.claims.rules and arms:
@@ -574,10 +640,11 @@ def build_report(
                     md.append(f"* **{c['claim']}: {c['verdict'].upper()}**")
                     md += [f"  * {line}" for line in c["evidence"]]
                 md.append("")
-    if reference_cells:
-        md += ["## Authors' logged table (test Recall@50 at epoch 100) vs our fixed-epoch mean", ""]
-        md += _reference_bullets(reference_cells) + _reference_summary(reference_cells)
-    md += ["## Missing runs", ""]
+    return md, claims
+
+
+def _missing(missing: list[dict]) -> list[str]:
+    md = ["## Missing runs", ""]
     if missing:
         md += [f"* {m['run']} — {m['state']} (`{m['path']}`)" for m in missing]
         md += [
@@ -587,15 +654,7 @@ def build_report(
     else:
         md.append("None: the sweep is complete.")
     md.append("")
-    numbers = {
-        "table": {f"{d}/{m}": v for (d, m), v in table.items()},
-        "paired_tests": {f"{d}/{m}": v for (d, m), v in tests.items()},
-        "latency": {str(k): v for k, v in lat.items()},
-        "claims": claims,
-        "reference_cells": reference_cells,
-        "missing": missing,
-    }
-    return "\n".join(md), figures, numbers
+    return md
 
 
 def _z_text(z: float) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -578,3 +579,27 @@ def test_two_teachers_need_a_teacher_for_every_term(tmp_path):
     data["teacher"] = {"model": {"embedding_dim": 8}}
     with pytest.raises(ConfigError, match="either teacher .* or teachers"):
         load_sweep_config(write_cfg(tmp_path / "c.yaml", data))
+
+
+def test_cli_grid_and_seeds_options(tmp_path, capsys):
+    """`--grid NAME` picks a grid of the config's `grids:`; `--seeds` must be integers."""
+    from recpress.cli import main
+
+    data = tiny_config(methods=["none"])
+    data["grids"] = {"more": {"methods": ["none", "ftd"], "seeds": [0, 1]}}
+    path = write_cfg(tmp_path / "c.yaml", data)
+    assert len(plan(load_sweep_config(path, grid="more"), tmp_path)) == 1 + 4
+    assert load_sweep_config(path, grid="more", seeds=[3]).students.seeds == [3]
+    for args, needle in (
+        (["--grid", "most"], "unknown grid 'most'; grids of this config: more"),
+        (["--seeds", "0,x"], "--seeds: expects integers separated by commas"),
+        (["--seeds", "1,1"], "seeds: .*without repeats"),
+    ):
+        with pytest.raises(SystemExit) as exc:
+            main(["sweep", str(path), "--out", str(tmp_path / "o"), *args])
+        assert exc.value.code == 2
+        assert re.search(needle, capsys.readouterr().err), args
+    assert not (tmp_path / "o").exists()
+    data["grids"] = {"bad": {"methods": ["none", "xtd"]}}
+    with pytest.raises(ConfigError, match="unknown method 'xtd' at grids.bad.methods.1"):
+        load_sweep_config(write_cfg(tmp_path / "b.yaml", data))

@@ -101,6 +101,11 @@ class Recommender(nn.Module):
         """Alias of ``forward``: the (B,) unreduced base loss."""
         return self(batch)
 
+    def post_step(self, batch: TripletBatch | None = None) -> None:
+        """Hook run after each optimiser step on `batch` (e.g. CML's norm projection of the
+        batch's rows), and with None after the lazy optimiser has moved every row; default:
+        nothing."""
+
     # -- scoring ------------------------------------------------------------------------------
     def score(self, users: torch.Tensor) -> torch.Tensor:
         """Raw scores of every item for each user: users (B,) -> (B, n_items)."""

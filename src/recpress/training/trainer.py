@@ -147,6 +147,7 @@ class Trainer:
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
+                    model.post_step(batch)
                     total += loss.detach()
                 for d, _ in distillers:
                     d.on_epoch_end(epoch)
@@ -154,6 +155,7 @@ class Trainer:
                 evaluating = epoch % cfg.eval_every == 0 or is_last
                 if flush is not None and (evaluating or distillers):
                     flush()  # pending momentum of the lazy optimiser, before reading the model
+                    model.post_step()  # the catch-up moved rows outside the batches too
                 seconds = time.perf_counter() - t0
                 train_seconds += seconds
                 row: dict = {"epoch": epoch, "loss": float(total), "seconds": round(seconds, 4)}

@@ -199,7 +199,7 @@ def test_de_matches_explicit_per_expert_loop(setup, epoch):
 
 
 def test_de_aux_parameter_count():
-    """methods.md §4.0 worked value: d_s 20, d_t 200, M 30 → 1,482,660 aux parameters."""
+    """docs/methods.md §4.0 worked value: d_s 20, d_t 200, M 30 → 1,482,660 aux parameters."""
     split = random_split(n_users=4, n_items=6, per_user=2)
     teacher = BPRMF(embedding_dim=200).build(split)
     student = BPRMF(embedding_dim=20)

@@ -22,7 +22,7 @@ class Distiller(nn.Module):
         2. ``on_epoch_start(student, epoch, generator)`` at the start of every epoch: per-epoch
            sampling (interesting/uninteresting items, ...).
         3. ``loss(student, batch, epoch) -> scalar`` per batch, already reduced with the method's
-           reduction (``reduction``; "sum" reproduces the references, see methods.md §1.5).
+           reduction (``reduction``; "sum" reproduces the references, see docs/methods.md §1.5).
         4. ``on_epoch_end(epoch)``: schedules (temperature annealing).
 
     Auxiliary parameters are ``self.parameters()``: they are trained with the student by the
@@ -37,7 +37,7 @@ class Distiller(nn.Module):
     #: what the method needs from the student beyond scores: subset of {"embeddings"} (a method
     #: whose ``requires`` holds "embeddings" needs student embeddings too)
     student_requires: ClassVar[frozenset[str]] = frozenset()
-    #: default KD weight λ of the method (methods.md)
+    #: default KD weight λ of the method (docs/methods.md §4.0)
     default_weight: ClassVar[float] = 1.0
     #: rough training time per epoch relative to the no-KD student (bench/results/method_speed.md,
     #: d=20, averaged over the schedule); only orders a parallel sweep, costliest runs first

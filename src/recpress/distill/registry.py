@@ -4,7 +4,7 @@ Composition: ``make_distillers("de+rrd", weights, params)`` returns
 ``[(DE(...), λ_DE), (RRD(...), λ_RRD)]``; the Trainer adds ``Σ_m λ_m · loss_m`` to the base
 loss. Each method's ``loss`` is already reduced with its own ``reduction`` parameter ("sum" by
 default: the references sum over the batch's KD terms, so the papers' λ keep their meaning when
-the base loss is also summed, ``train.reduction_base = "sum"``; see methods.md §1.5).
+the base loss is also summed, ``train.reduction_base = "sum"``; see docs/methods.md §1.5).
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ class DistillConfig(BaseModel):
     versions stay the same. ``teacher_of``: method term -> teacher name; a term not listed uses
     the only teacher (with several teachers every term must be listed). ``method``: a
     registered method or a composition such as ``de+rrd``; ``none`` trains a plain student the
-    same way. ``weights``: λ per method (missing → the method's default, methods.md); each
+    same way. ``weights``: λ per method (missing → the method's default, docs/methods.md §4.0); each
     method's loss is reduced with its own ``reduction`` parameter (sum by default, as the
     references). ``params``: per-method hyperparameters (missing → the paper defaults).
     ``topn``: length of the teacher top-N lists precomputed and cached with each teacher

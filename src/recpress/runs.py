@@ -125,6 +125,14 @@ def split_fingerprint(run_dir: Path) -> dict[str, Any] | None:
     return read_json(record) if record.is_file() else None
 
 
+def split_mismatch(run_dir: Path, split: Split) -> dict[str, Any] | None:
+    """The run's split.json record when its fingerprint differs from `split`'s, else None
+    (also None for a run that recorded no fingerprint)."""
+    record = split_fingerprint(run_dir)
+    expected = (record or {}).get("fingerprint")
+    return record if expected and expected != split.fingerprint() else None
+
+
 @dataclass(frozen=True)
 class LoadedRun:
     """A saved run read back: `config` is the raw config.yaml mapping, `model` in eval mode."""
@@ -180,12 +188,11 @@ def load_run(run_dir: str | Path, split: Split | None = None) -> LoadedRun:
     if split is None:
         data = parse_config(DataConfig, dict(raw.get("data") or {}), f"{source} data")
         split = load_split_for(data)
-    record = split_fingerprint(run_dir)
-    expected = (record or {}).get("fingerprint")
-    if expected and expected != split.fingerprint():
+    record = split_mismatch(run_dir, split)
+    if record is not None:
         raise ConfigError(
-            f"{run_dir} was trained on a split with fingerprint {expected}, but the data "
-            f"found now has {split.fingerprint()}; point --data-path at the original data"
+            f"{run_dir} was trained on a split with fingerprint {record['fingerprint']}, but "
+            f"the data found now has {split.fingerprint()}; point --data-path at the original data"
         )
     model = build_model(model_config, split)
     model.load_state_dict(load_file(str(run_dir / WEIGHTS)))

@@ -23,8 +23,15 @@ from torch import nn
 from recpress.data.types import Split
 from recpress.distill.knowledge import Knowledge
 from recpress.errors import ConfigError
-from recpress.runs import CONFIG, KNOWLEDGE_DIR, METRICS, WEIGHTS, load_run, read_json
-from recpress.runs import split_fingerprint as split_record
+from recpress.runs import (
+    CONFIG,
+    KNOWLEDGE_DIR,
+    METRICS,
+    WEIGHTS,
+    load_run,
+    read_json,
+    split_mismatch,
+)
 
 
 class EmbeddingTeacher(nn.Module):
@@ -117,11 +124,10 @@ def load_teacher(path: str | Path, split: Split, name: str | None = None) -> Kno
 
 
 def _from_run(p: Path, split: Split, field: str = "distill.teacher") -> Knowledge:
-    record = split_record(p)
-    expected = (record or {}).get("fingerprint")
-    if expected and expected != split.fingerprint():
+    record = split_mismatch(p, split)
+    if record is not None:
         raise ConfigError(
-            f"teacher {p} was trained on a split with fingerprint {expected} "
+            f"teacher {p} was trained on a split with fingerprint {record['fingerprint']} "
             f"({record.get('dataset')}, {record.get('protocol')}), "
             f"but the student's split has fingerprint {split.fingerprint()} "
             f"({split.dataset}, {split.protocol}): use a teacher of the same dataset/split",

@@ -63,9 +63,7 @@ def main() -> None:
     t0 = time.perf_counter()
     split = load_td_split(data_root)
     load_s = time.perf_counter() - t0
-    model = BPRMF(embedding_dim=args.dim).build(
-        split.n_users, split.n_items, generator=torch.Generator().manual_seed(0)
-    )
+    model = BPRMF(embedding_dim=args.dim).build(split, generator=torch.Generator().manual_seed(0))
     model.to(args.device)
 
     def run():

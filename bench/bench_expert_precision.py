@@ -41,7 +41,7 @@ def loss_and_grads(method, precision, split, knowledge, batch, dim, repeats):
     from recpress.models import BPRMF
 
     model = BPRMF(dim)
-    model.build(split.n_users, split.n_items, torch.Generator().manual_seed(0))
+    model.build(split, torch.Generator().manual_seed(0))
     params = {method: {**PARAMS[method], "expert_precision": precision}}
     (distiller, _), = make_distillers(method, None, params)  # fmt: skip
     prepare_distillers([(distiller, 1.0)], knowledge, split, student=model, seed=0)

@@ -71,7 +71,7 @@ class Arm:
         self.method = method
         self.generator = torch.Generator().manual_seed(0)
         self.model = BPRMF(dim)
-        self.model.build(split.n_users, split.n_items, self.generator)
+        self.model.build(split, self.generator)
         self.model.to(device)
         self.device = device
         self.distillers = []

@@ -1,24 +1,25 @@
 """Sweep reports: report.md + a self-contained report.html (PNG figures embedded as base64).
 
-`build` reads the runs and renders tables, figures and HTML; `claims` checks the claims of the
+`tables` reads the runs, summarises them and renders the markdown tables (with the paired tests
+and the latency measurement); `plots` draws the figures; `html` renders the self-contained HTML;
+`build` puts them together (`build_report`, `write_report`); `claims` checks the claims of the
 sweep's reference experiment (`recpress.experiments.reference`, a data file) on the table.
 """
 
-from recpress.experiments.report.build import (
+from recpress.experiments.report.build import build_report, write_report
+from recpress.experiments.report.claims import check_claims, claim_arms, log_z
+from recpress.experiments.report.plots import palette
+from recpress.experiments.report.tables import (
     PER_USER_FILE,
     SELECTION_LABEL,
     RunResult,
     _reference_summary,
-    build_report,
     collect,
     measure_latency,
     paired_tests,
-    palette,
     read_run,
     summarize,
-    write_report,
 )
-from recpress.experiments.report.claims import check_claims, claim_arms, log_z
 
 __all__ = [
     "PER_USER_FILE",

@@ -63,7 +63,9 @@ def train(
     protocol: Annotated[
         str | None, typer.Option(help="Split protocol: loo, ratio, temporal, fixed.")
     ] = None,
-    model: Annotated[str | None, typer.Option(help="Model name: bpr, lightgcn, neumf, cml (docs/methods.md §3).")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model name: bpr, lightgcn, neumf, cml (docs/methods.md §3).")
+    ] = None,
     dim: Annotated[int | None, typer.Option(help="Embedding dimension.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Passes over the training data.")] = None,
     lr: Annotated[float | None, typer.Option(help="Adam learning rate.")] = None,

@@ -19,13 +19,11 @@ DEDUP_MIN = 8192
 def gather_rows(table: nn.Embedding, index: torch.Tensor) -> torch.Tensor:
     """``table(index)``: (*index.shape, d), with the sparse gradient kept at most table-sized.
 
-    A KD loss can look up far more rows than the table has (DCD scores 100 list items for each
-    of ~1,000 users and ~1,000 items per batch: ~400k lookups into 5,219 user rows). A direct
-    lookup then gives a sparse gradient with one row per lookup, whose coalescing (a sort) cost
-    more than the loss. Above `DEDUP_MIN` indices the distinct rows are looked up once and
-    expanded with ``index_select`` (its backward sums duplicates densely), so the embedding
-    gets one gradient row per distinct index. Same values; gradients equal up to float
-    summation order.
+    Up to `DEDUP_MIN` indices this is ``table(index)``. Above, the distinct rows are looked up
+    once and expanded with ``index_select`` (its backward sums duplicates densely), so the
+    embedding gets one gradient row per distinct index instead of one per lookup. Same values;
+    gradients equal up to float summation order. Why: bench/README.md, section "Training:
+    embedding lookups".
     """
     if index.numel() <= DEDUP_MIN:
         return table(index)

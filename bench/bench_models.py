@@ -15,27 +15,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 from pathlib import Path
 
 import torch
+from bench_core import machine  # the same machine record as the core benchmark
 
 from recpress.data import load_split
 from recpress.models import MODELS, ModelConfig, build_model
 from recpress.training import TrainConfig, Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def machine() -> dict:
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-    }
 
 
 def time_model(name: str, split, dim: int, epochs: int, seed: int = 0) -> dict:

@@ -37,27 +37,27 @@ TINY_PARAMS: dict[str, dict] = {
 
 
 def setup(method: str, seed: int = 0):
-    """(distiller, student, split) prepared from a tiny BPR teacher (d=8; student d=4)."""
-    split = random_split(N_USERS, N_ITEMS, per_user=5, seed=3)
-    teacher = BPRMF(8, init_std=1.0).build(split, torch.Generator().manual_seed(seed)).eval()
-    student = BPRMF(4, init_std=0.5).build(split, torch.Generator().manual_seed(seed + 1))
-    params = TINY_PARAMS.get(method, {})
-    pairs = make_distillers(method, None, {method: params} if params else None)
-    prepare_distillers(pairs, Knowledge.from_teacher(teacher, split), split, student, seed=seed)
-    distiller = pairs[0][0]
+    """(distiller, student, split) prepared from a tiny BPR teacher (d=8; student d=4), with
+    its first epoch started."""
+    distiller, student, split = prepared(method, seed)
     distiller.on_epoch_start(student, 0, torch.Generator().manual_seed(seed + 2))
     return distiller, student, split
 
 
 def unprepared_epoch(method: str, seed: int = 0):
     """Like `setup`, without the epoch start (the test drives the epochs)."""
+    return prepared(method, seed)[:2]
+
+
+def prepared(method: str, seed: int = 0):
+    """(distiller, student, split): the distiller prepared, no epoch started."""
     split = random_split(N_USERS, N_ITEMS, per_user=5, seed=3)
     teacher = BPRMF(8, init_std=1.0).build(split, torch.Generator().manual_seed(seed)).eval()
     student = BPRMF(4, init_std=0.5).build(split, torch.Generator().manual_seed(seed + 1))
     params = TINY_PARAMS.get(method, {})
     pairs = make_distillers(method, None, {method: params} if params else None)
     prepare_distillers(pairs, Knowledge.from_teacher(teacher, split), split, student, seed=seed)
-    return pairs[0][0], student
+    return pairs[0][0], student, split
 
 
 def a_batch(seed: int = 0, size: int = 32) -> TripletBatch:

@@ -12,7 +12,7 @@ from recpress.distill.rce_kd import RCEKD, interesting_weights, sample_interesti
 from recpress.distill.registry import DISTILLERS, make_distillers
 from recpress.models.bpr import BPRMF
 from recpress.training.trainer import Trainer
-from tests.distill.tiny import batch, tiny
+from tests.distill.tiny import batch, check_fit_finite_deterministic_and_resumes, tiny
 
 torch.set_num_threads(1)
 
@@ -190,12 +190,9 @@ def _fit(tmp_path, seed, epochs, kn, split):
 
 def test_three_epoch_fit_finite_deterministic_and_resumes(tmp_path):
     split, _, _, kn = tiny(n_users=12, n_items=20)
-    a = _fit(tmp_path / "a", 0, 3, kn, split)
-    assert len(a) == 3 and all(math.isfinite(x) for x in a)
-    assert a == _fit(tmp_path / "b", 0, 3, kn, split)
-    assert a != _fit(tmp_path / "c", 1, 3, kn, split)
-    _fit(tmp_path / "d", 0, 2, kn, split)
-    assert _fit(tmp_path / "d", 0, 3, kn, split) == a  # resumed from epoch 2's checkpoint
+    check_fit_finite_deterministic_and_resumes(
+        lambda run_dir, seed, epochs: _fit(run_dir, seed, epochs, kn, split), tmp_path
+    )
 
 
 def test_defaults_capped_at_a_small_catalogue_and_mask_train():

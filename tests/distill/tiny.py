@@ -31,3 +31,16 @@ def batch(users):
     """A TripletBatch of these users (positives and negatives are item 0)."""
     u = torch.as_tensor(users)
     return TripletBatch(u, torch.zeros_like(u), torch.zeros_like(u))
+
+
+def check_fit_finite_deterministic_and_resumes(fit, tmp_path) -> None:
+    """`fit(run_dir, seed, epochs) -> per-epoch losses`: 3 epochs are finite, the same for the
+    same seed, different for another, and a run stopped after 2 epochs resumes to the same."""
+    import math
+
+    a = fit(tmp_path / "a", 0, 3)
+    assert len(a) == 3 and all(math.isfinite(x) for x in a)
+    assert a == fit(tmp_path / "b", 0, 3)
+    assert a != fit(tmp_path / "c", 1, 3)
+    fit(tmp_path / "d", 0, 2)
+    assert fit(tmp_path / "d", 0, 3) == a  # resumed from epoch 2's checkpoint

@@ -33,10 +33,25 @@ def batch(users):
     return TripletBatch(u, torch.zeros_like(u), torch.zeros_like(u))
 
 
-def check_fit_finite_deterministic_and_resumes(fit, tmp_path) -> None:
-    """`fit(run_dir, seed, epochs) -> per-epoch losses`: 3 epochs are finite, the same for the
-    same seed, different for another, and a run stopped after 2 epochs resumes to the same."""
+def check_fit_finite_deterministic_and_resumes(make_distiller, weight: float, tmp_path) -> None:
+    """A BPR d=4 student with ``make_distiller()`` (weight λ) on a tiny split: 3 epochs are
+    finite, the same for the same seed, different for another, and a run stopped after 2 epochs
+    resumes to the same per-epoch losses."""
     import math
+
+    from recpress.distill.registry import prepare_distillers
+    from recpress.training import Trainer
+
+    split, _, _, kn = tiny(n_users=12, n_items=20)
+
+    def fit(run_dir, seed: int, epochs: int) -> list[float]:
+        model, pairs = BPRMF(4), [(make_distiller(), weight)]
+        prepare_distillers(pairs, kn, split, student=model, seed=seed)
+        cfg = dict(epochs=epochs, batch_size=8, eval_every=1, device="cpu", ks=[5], seed=seed)
+        res = Trainer(**cfg, selection_metric="recall@5").fit(
+            model, split, pairs, run_dir=run_dir, progress=False
+        )
+        return [r["loss"] for r in res.history]
 
     a = fit(tmp_path / "a", 0, 3)
     assert len(a) == 3 and all(math.isfinite(x) for x in a)

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from recpress.experiments.rundir import read_json
 from recpress.experiments.sweep import load_sweep_config, plan, run_sweep
+from recpress.runs import read_json
 from recpress.training.trainer import resolve_device
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,7 @@ import yaml
 
 from recpress.errors import ConfigError
 from recpress.experiments.config import RunConfig, normalise_run_yaml
-from recpress.experiments.rundir import CONFIG, prepare_run_dir
+from recpress.runs import CONFIG, prepare_run_dir
 
 
 def _config(**train) -> RunConfig:

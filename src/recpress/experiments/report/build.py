@@ -38,8 +38,8 @@ from recpress.experiments.report.tables import (
     paired_tests,
     summarize,
 )
-from recpress.experiments.rundir import write_json, write_text
 from recpress.experiments.sweep import SweepConfig, plan, read_sweep
+from recpress.runs import write_json, write_text
 
 
 def _load_split(cfg: SweepConfig, sweep_dir: Path):

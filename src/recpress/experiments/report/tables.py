@@ -26,8 +26,8 @@ from recpress.experiments.report.claims import (
     log_z,
     teacher_dim,
 )
-from recpress.experiments.rundir import METRICS, read_json
 from recpress.experiments.sweep import SweepConfig, plan
+from recpress.runs import METRICS, read_json
 from recpress.training.trainer import CHECKPOINT, HISTORY
 
 SELECTION_LABEL = {"fixed_epochs": "fixed epochs (last)", "best_valid": "validation-selected"}

@@ -11,7 +11,6 @@ import yaml
 
 from recpress.errors import ConfigError, RecPressError
 from recpress.experiments.config import DistillConfig, ModelConfig, RunConfig, parse_config
-from recpress.experiments.rundir import same_config, write_text
 from recpress.experiments.sweep.schema import (
     RUNS_DIR,
     SWEEP_FILE,
@@ -22,6 +21,7 @@ from recpress.experiments.sweep.schema import (
     method_settings,
     teacher_of,
 )
+from recpress.runs import same_config, write_text
 
 
 @dataclass(frozen=True)

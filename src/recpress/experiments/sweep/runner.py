@@ -9,7 +9,6 @@ from typing import Any
 
 from recpress.errors import ConfigError, RecPressError
 from recpress.experiments.config import RunConfig
-from recpress.experiments.rundir import is_finished, read_json
 from recpress.experiments.sweep.plan import (
     RunSpec,
     _prepare_sweep_dir,
@@ -18,6 +17,7 @@ from recpress.experiments.sweep.plan import (
     plan,
 )
 from recpress.experiments.sweep.schema import SweepConfig
+from recpress.runs import is_finished, read_json
 
 
 def run_sweep(

@@ -64,10 +64,10 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     from recpress.data.sampling import epoch_triples
     from recpress.distill.teachers import load_teacher
-    from recpress.experiments.run import load_run
     from recpress.models.base import TripletBatch
+    from recpress.runs import load_split_of
 
-    _, _, split = load_run(args.teacher)
+    split = load_split_of(args.teacher)
     knowledge = load_teacher(args.teacher, split)
     users, pos, neg = epoch_triples(split, torch.Generator().manual_seed(1), torch.device("cpu"))
     batch = TripletBatch(users[:1024], pos[:1024], neg[:1024])

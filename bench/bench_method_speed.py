@@ -145,11 +145,11 @@ def profile_method(arm: Arm, steps: int, path: Path) -> None:
 def main(argv=None) -> None:
     args = parse_args(argv)
     from recpress.distill.teachers import load_teacher
-    from recpress.experiments.run import load_run
+    from recpress.runs import load_split_of
     from recpress.training.trainer import resolve_device
 
     device = resolve_device(args.device)
-    _, _, split = load_run(args.teacher)
+    split = load_split_of(args.teacher)
     knowledge = load_teacher(args.teacher, split).to(device)
     batches = -(-int(split.train.nnz) // 1024)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

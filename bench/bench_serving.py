@@ -310,9 +310,9 @@ def main() -> None:
         args.work / f"student-bpr20-e{args.student_epochs}", 20, args.student_epochs, args.dataset
     )
     torch.set_num_threads(args.threads)
-    from recpress.experiments.run import load_run
+    from recpress.runs import load_split_of
 
-    _, _, split = load_run(student_dir)
+    split = load_split_of(student_dir)
     teacher = Artifact.from_run(teacher_dir, split=split)
     student = Artifact.from_run(student_dir, split=split)
     recs = {"teacher": TopKRecommender(teacher), "student": TopKRecommender(student)}

@@ -39,11 +39,12 @@ def test_export_scorer_parity(ml_run: Path, tmp_path: Path, fmt: str) -> None:
 
 
 def test_npz_export_matches_the_run(ml_run: Path, tmp_path: Path) -> None:
-    from recpress.experiments.run import load_run
+    from recpress.runs import load_run
 
     report = export_run(ml_run, tmp_path / "a")
     assert "parity" not in report and report["bytes"] > report["weights_bytes"]
-    config, model, split = load_run(ml_run)
+    loaded = load_run(ml_run)
+    model, split = loaded.model, loaded.split
     art = load_artifact(tmp_path / "a")
     assert torch.equal(art.item_emb, model.item_emb.weight.detach())
     assert art.manifest["dataset"]["fingerprint"] == split.fingerprint()

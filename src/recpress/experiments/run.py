@@ -21,7 +21,7 @@ from recpress.distill.registry import (
 )
 from recpress.distill.teachers import load_teacher, teacher_info
 from recpress.errors import ConfigError
-from recpress.experiments.config import RunConfig, normalise_run_yaml, parse_config
+from recpress.experiments.config import RunConfig, normalise_run_yaml
 from recpress.models import Recommender, make_model
 from recpress.runs import (
     CHECKPOINT,
@@ -31,7 +31,6 @@ from recpress.runs import (
     read_json,
     write_json,
 )
-from recpress.runs import load_run as load_saved_run
 from recpress.training import Trainer
 from recpress.training.trainer import resolve_device
 
@@ -189,17 +188,3 @@ def _prepare_distillation(
     out["prepare_seconds"] = round(prepare_seconds, 3)
     out["knowledge_lists_computed"] = int(sum(k.computed for k in teachers.values()))
     return out
-
-
-def load_run(
-    run_dir: str | Path, split: Split | None = None
-) -> tuple[RunConfig, Recommender, Split]:
-    """A saved run as (its RunConfig, its model with the selected weights, its split).
-
-    The split is checked against the fingerprint recorded in the run; see
-    :func:`recpress.runs.load_run` for the stage-independent `LoadedRun`.
-    """
-    run_dir = Path(run_dir)
-    loaded = load_saved_run(run_dir, split=split)
-    config = parse_config(RunConfig, dict(loaded.config), str(run_dir / "config.yaml"))
-    return config, loaded.model, loaded.split

@@ -131,9 +131,10 @@ def _per_user(run: RunResult, metric: str, split) -> np.ndarray | None:
         import torch
 
         from recpress.evaluation import evaluate
-        from recpress.experiments.run import load_run
+        from recpress.runs import load_run
 
-        config, model, split = load_run(run.path, split=split)
+        loaded = load_run(run.path, split=split)
+        model, split = loaded.model, loaded.split
         k = int(metric.partition("@")[2])
         with torch.no_grad():
             res = evaluate(model, split, ks=[k], phase="test", per_user=True)

@@ -22,7 +22,7 @@ from recpress.distill.registry import (
 from recpress.distill.teachers import load_teacher, teacher_info
 from recpress.errors import ConfigError
 from recpress.experiments.config import RunConfig, normalise_run_yaml
-from recpress.models import Recommender, make_model
+from recpress.models import make_model
 from recpress.runs import (
     CHECKPOINT,
     METRICS,
@@ -38,12 +38,6 @@ from recpress.training.trainer import resolve_device
 def load_split_for(config: RunConfig | DataConfig) -> Split:
     """Load the split a run config (or its data section) names (DataError / ConfigError)."""
     return load_data_split(config.data if isinstance(config, RunConfig) else config)
-
-
-def build_model(config: RunConfig) -> Recommender:
-    """The run's model with its hyperparameters (call ``build(split)`` next)."""
-    m = config.model
-    return make_model(m.name, **m.params)
 
 
 def split_record(split: Split) -> dict[str, Any]:
@@ -94,7 +88,8 @@ def train_run(
     """
     split = split if split is not None else load_split_for(config)
     split.check_trainable()
-    model = build_model(config)
+    # unbuilt: the Trainer builds it from its seeded generator
+    model = make_model(config.model.name, **config.model.params)
     out = Path(out)
     distillers = list(distillers)
     teachers: dict[str, Knowledge] = {}

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import nn
 
+from recpress.data.sampling import epoch_triples
 from recpress.data.types import Split
 
 
@@ -29,6 +31,59 @@ class TripletBatch:
 
     def to(self, device: torch.device | str) -> TripletBatch:
         return TripletBatch(self.users.to(device), self.pos.to(device), self.neg.to(device))
+
+
+@dataclass(frozen=True)
+class UserBatch:
+    """A mini-batch of B training users (for models trained on whole user rows, e.g. Mult-VAE).
+
+    The model reads the users' training rows from the matrix it kept at ``build``.
+
+    Attributes:
+        users: int64 tensor of shape (B,).
+    """
+
+    users: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.users.shape[0])
+
+    def to(self, device: torch.device | str) -> UserBatch:
+        return UserBatch(self.users.to(device))
+
+
+Batch = TripletBatch | UserBatch
+
+BATCH_KINDS = ("triplets", "users")
+
+
+def shard_range(n: int, shard: tuple[int, int]) -> tuple[int, int]:
+    """[start, end) of rank `shard[0]` of `shard[1]` in a sequence of length n.
+
+    Every rank gets the same length n // world (the remainder, at most world - 1 entries of the
+    shuffled epoch, is dropped), and the ranks' parts are disjoint and contiguous.
+    """
+    rank, world = int(shard[0]), int(shard[1])
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
+    if world == 1:
+        return 0, n
+    per = n // world
+    return rank * per, (rank + 1) * per
+
+
+def epoch_users(
+    split: Split, generator: torch.Generator | None, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """Every user with at least one training interaction once, shuffled: (n,) int64 on `device`.
+
+    One ``randperm`` over those users from `generator` (on the generator's device).
+    """
+    degree = torch.from_numpy(split.train.indptr[1:] - split.train.indptr[:-1])
+    active = torch.nonzero(degree > 0).squeeze(1)
+    gen_device = generator.device if generator is not None else torch.device("cpu")
+    perm = torch.randperm(active.numel(), generator=generator, device=gen_device).to("cpu")
+    return active[perm].to(device)
 
 
 class Recommender(nn.Module):
@@ -60,6 +115,8 @@ class Recommender(nn.Module):
     reference_reduction: ClassVar[str] = "sum"
     #: True when the model has user/item embeddings (``user_embeddings`` etc. return tensors)
     has_embeddings: ClassVar[bool] = False
+    #: what ``epoch_batches`` yields: "triplets" (`TripletBatch`) or "users" (`UserBatch`)
+    batch_kind: ClassVar[str] = "triplets"
 
     n_users: int
     n_items: int
@@ -93,8 +150,43 @@ class Recommender(nn.Module):
         raise NotImplementedError
 
     # -- training -----------------------------------------------------------------------------
+    def epoch_batches(
+        self,
+        split: Split,
+        generator: torch.Generator | None,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+        shard: tuple[int, int] = (0, 1),
+    ) -> Iterator[Batch]:
+        """One training epoch as mini-batches of at most `batch_size`.
+
+        "triplets": every training interaction once, shuffled, with one uniform negative each
+        (``epoch_triples``), in slices of `batch_size`. "users": every user with a training
+        interaction once, shuffled (``epoch_users``), in slices. All random draws happen before
+        the first batch is yielded, in that fixed order. With ``shard = (rank, world)`` each
+        rank takes its own equal-length contiguous part of the shuffled epoch
+        (``shard_range``), then slices it.
+        """
+        if self.batch_kind == "users":
+            users = epoch_users(split, generator, device)
+            start, end = shard_range(users.numel(), shard)
+            users = users[start:end]
+            for s in range(0, users.numel(), batch_size):
+                yield UserBatch(users[s : s + batch_size])
+            return
+        if self.batch_kind != "triplets":
+            raise ValueError(f"unknown batch_kind {self.batch_kind!r}; known: {BATCH_KINDS}")
+        users, pos, neg = epoch_triples(split, generator, device)
+        start, end = shard_range(users.numel(), shard)
+        if (start, end) != (0, users.numel()):
+            users, pos, neg = users[start:end], pos[start:end], neg[start:end]
+        for s in range(0, users.numel(), batch_size):
+            yield TripletBatch(
+                users[s : s + batch_size], pos[s : s + batch_size], neg[s : s + batch_size]
+            )
+
     def forward(self, batch: TripletBatch) -> torch.Tensor:
-        """Unreduced base loss per triple, shape (B,)."""
+        """Unreduced base loss per triple (or per user for "users" models), shape (B,)."""
         raise NotImplementedError
 
     def loss(self, batch: TripletBatch) -> torch.Tensor:

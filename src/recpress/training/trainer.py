@@ -13,10 +13,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from recpress.data.sampling import epoch_triples
 from recpress.data.types import Split
 from recpress.fileio import atomic_write_bytes
-from recpress.models.base import Recommender, TripletBatch
+from recpress.models.base import Recommender
 from recpress.runs import AUX_WEIGHTS, CHECKPOINT, HISTORY, WEIGHTS  # noqa: F401 (names kept here)
 from recpress.training.config import TrainConfig
 from recpress.training.objective import TrainingObjective
@@ -123,7 +122,6 @@ class Trainer:
             train_seconds = float(ckpt.get("train_seconds", 0.0))
             model.to(device)
 
-        n_train = int(split.train.nnz)
         bar = _Progress(cfg.epochs, enabled=progress, start=start_epoch)
         stop = best["bad_evals"] >= (cfg.patience or 10**9) and cfg.selection == "best_valid"
         epoch = start_epoch - 1
@@ -135,14 +133,8 @@ class Trainer:
                 t0 = time.perf_counter()
                 for d, _ in distillers:
                     d.on_epoch_start(model, epoch, generator)
-                users, pos, neg = epoch_triples(split, generator, device)
                 total = torch.zeros((), device=device)
-                for s in range(0, n_train, cfg.batch_size):
-                    batch = TripletBatch(
-                        users[s : s + cfg.batch_size],
-                        pos[s : s + cfg.batch_size],
-                        neg[s : s + cfg.batch_size],
-                    )
+                for batch in model.epoch_batches(split, generator, cfg.batch_size, device):
                     loss = objective(batch, epoch)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()

@@ -6,12 +6,21 @@ class in ``test_model_contract.py`` does so for every entry of ``MODELS``.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from recpress.models import MODELS, ModelConfig, Recommender, TripletBatch, build_model
+from recpress.models import (
+    MODELS,
+    ModelConfig,
+    Recommender,
+    TripletBatch,
+    UserBatch,
+    build_model,
+)
 from recpress.training import TrainConfig, Trainer
 from tests.conftest import random_split
 
@@ -39,8 +48,13 @@ def built(name: str, seed: int = 0, device: str = "cpu") -> Recommender:
     return model.to(device)
 
 
-def a_batch(seed: int = 0, size: int = 16, device: str = "cpu") -> TripletBatch:
+def a_batch(
+    seed: int = 0, size: int = 16, device: str = "cpu", kind: str = "triplets"
+) -> TripletBatch | UserBatch:
+    """A random batch of `size` of the model's batch kind ("triplets" or "users")."""
     g = torch.Generator().manual_seed(seed)
+    if kind == "users":
+        return UserBatch(torch.randint(0, N_USERS, (size,), generator=g)).to(device)
     return TripletBatch(
         torch.randint(0, N_USERS, (size,), generator=g),
         torch.randint(0, N_ITEMS, (size,), generator=g),
@@ -82,9 +96,11 @@ class RecommenderContract:
 
     def test_forward_is_finite_per_triple(self, model_name):
         model = built(model_name)
-        out = model(a_batch())
+        twin = copy.deepcopy(model)  # the same state, random-number streams included
+        batch = a_batch(kind=model.batch_kind)
+        out = model(batch)
         assert out.shape == (16,) and torch.isfinite(out).all()
-        torch.testing.assert_close(model.loss(a_batch()), out)
+        torch.testing.assert_close(twin.loss(batch), out)
 
     def test_score_and_score_items_agree(self, model_name):
         model = built(model_name).eval()
@@ -96,6 +112,19 @@ class RecommenderContract:
             torch.testing.assert_close(
                 model.score_items(users, items), full.gather(1, items), rtol=1e-5, atol=1e-6
             )
+
+    def test_dot_form_ranks_as_score(self, model_name):
+        model = built(model_name).eval()
+        form = model.dot_form() if hasattr(model, "dot_form") else None
+        if form is None:
+            assert not hasattr(model, "dot_form") or model.dot_form() is None
+            return
+        users, items = form
+        assert users.shape[0] == N_USERS and items.shape[0] == N_ITEMS
+        with torch.no_grad():
+            gap = model.score(torch.arange(N_USERS)) - users @ items.T
+        # equal up to one constant per user (CML drops −‖u‖²): the same ranking
+        torch.testing.assert_close(gap, gap[:, :1].expand_as(gap), rtol=1e-5, atol=1e-5)
 
     def test_embeddings_match_the_flag(self, model_name):
         model = built(model_name)
@@ -135,7 +164,10 @@ class RecommenderContract:
         cpu, gpu = built(model_name, 4), built(model_name, 4, device="cuda")
         states_close(cpu.state_dict(), gpu.state_dict(), exact=True)  # same draws, on CPU
         torch.testing.assert_close(
-            cpu(a_batch()), gpu(a_batch(device="cuda")).cpu(), rtol=1e-4, atol=1e-5
+            cpu(a_batch(kind=cpu.batch_kind)),
+            gpu(a_batch(device="cuda", kind=gpu.batch_kind)).cpu(),
+            rtol=1e-4,
+            atol=1e-5,
         )
         users = torch.arange(N_USERS)
         with torch.no_grad():

@@ -140,7 +140,9 @@ def prepare_distillers(
     """Check what each method needs from the teacher, bind the student, then ``prepare``.
 
     `knowledge` is one `Knowledge` for every distiller, or a list of one per distiller (each
-    method learning from its own teacher).
+    method learning from its own teacher). A multi-teacher distiller (``multi_teacher``) takes
+    a list of Knowledge as its entry (a single one is its only teacher) and is prepared with
+    ``teacher=None``.
 
     Distillers that create auxiliary modules sized by the student implement
     ``bind_student(student, seed)``; it is called before ``prepare``.
@@ -151,11 +153,19 @@ def prepare_distillers(
     for i, ((d, _), k) in enumerate(zip(distillers, per, strict=True)):
         if student is not None and hasattr(d, "bind_student"):
             d.bind_student(student, seed=seed + 7919 * (i + 1))
-        d.prepare(k.teacher, split, k)
+        if getattr(d, "multi_teacher", False):
+            d.prepare(None, split, list(k) if isinstance(k, (list, tuple)) else [k])
+        else:
+            d.prepare(k.teacher, split, k)
 
 
 def check_requires(distillers: list[tuple[Distiller, float]], knowledge) -> None:
-    """ConfigError naming the method when the teacher cannot give what it needs."""
+    """ConfigError naming the method when the teacher cannot give what it needs (`knowledge`:
+    one teacher, or a list of teachers every method must be able to use)."""
+    if isinstance(knowledge, (list, tuple)):
+        for k in knowledge:
+            check_requires(distillers, k)
+        return
     for d, _ in distillers:
         missing = sorted(set(d.requires) - set(knowledge.provides))
         if missing:
@@ -172,8 +182,18 @@ def check_student(distillers: list[tuple[Distiller, float]], student) -> None:
     """ConfigError when a method needs student embeddings and the student is score-only.
 
     A method needs them when its ``requires`` holds "embeddings" (it matches or aligns user and
-    item representations, e.g. DE, FTD, HTD) or its ``student_requires`` does.
+    item representations, e.g. DE, FTD, HTD) or its ``student_requires`` does. Every method
+    needs a student trained on triplet batches (``batch_kind == "triplets"``).
     """
+    kind = getattr(student, "batch_kind", "triplets")
+    if distillers and kind != "triplets":
+        raise ConfigError(
+            f"the student model {student.name!r} trains on batches of whole user rows "
+            f"(batch_kind = {kind!r}), but the distillation losses are defined on "
+            "(user, positive, negative) triplet batches; distil into a triplet model (bpr, "
+            "lightgcn, neumf, cml) and use this model as a teacher instead",
+            field="model.name",
+        )
     if getattr(student, "has_embeddings", True):
         return
     for d, _ in distillers:

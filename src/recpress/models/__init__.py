@@ -9,11 +9,13 @@ from __future__ import annotations
 import torch
 
 from recpress.data.types import Split
-from recpress.models.base import Recommender, TripletBatch
+from recpress.models.base import Recommender, TripletBatch, UserBatch
 from recpress.models.bpr import BPRMF
+from recpress.models.cdae import CDAE
 from recpress.models.cml import CML
 from recpress.models.config import ModelConfig
 from recpress.models.lightgcn import LightGCN
+from recpress.models.multvae import MultVAE
 from recpress.models.neumf import NeuMF
 from recpress.models.registry import MODELS, make_model, model_class, register
 
@@ -21,6 +23,8 @@ register(BPRMF)
 register(LightGCN)
 register(NeuMF)
 register(CML)
+register(MultVAE)
+register(CDAE)
 
 
 def build_model(
@@ -32,13 +36,16 @@ def build_model(
 
 __all__ = [
     "BPRMF",
+    "CDAE",
     "CML",
     "MODELS",
     "LightGCN",
     "ModelConfig",
+    "MultVAE",
     "NeuMF",
     "Recommender",
     "TripletBatch",
+    "UserBatch",
     "build_model",
     "make_model",
     "model_class",

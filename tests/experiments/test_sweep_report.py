@@ -20,8 +20,8 @@ from recpress.errors import ConfigError
 from recpress.experiments.report import (
     _reference_summary,
     check_claims,
-    log_z,
     read_run,
+    reference_cell,
     write_report,
 )
 from recpress.experiments.sweep import (
@@ -347,21 +347,32 @@ def test_claims_logic():
     assert c1["verdict"] == "undecided" and "needs 2+ seeds" in " ".join(c1["evidence"])
 
 
-def test_log_z_and_reference_summary():
-    # 3 seeds at mean .30, std .004: σ·√(1 + 1/3) = .004·1.1547 = .0046188
-    assert log_z(0.30, 0.004, 3, 0.3046188) == pytest.approx(1.0, abs=1e-4)
-    assert log_z(0.30, 0.004, 3, 0.30) == 0.0
-    assert math.isnan(log_z(0.30, 0.0, 1, 0.31))  # one seed: no spread, no z
-    cells = [
-        {"dim": 10, "method": "none", "reached": True, "z": -1.2},
-        {"dim": 20, "method": "ftd", "reached": False, "z": 0.8},
-    ]
-    text = _reference_summary(cells)[0]
-    assert text.startswith("1 of 2 logged cells reached") and "z = +0.80" in text
-    assert "all within seed noise" in text
-    cells.append({"dim": 200, "method": "htd", "reached": False, "z": 2.5})
-    text = _reference_summary(cells)[0]
-    assert "beyond seed noise (z > 2) for d=200 htd." in text
+def test_one_sided_reference_test_by_hand():
+    """H0 μ ≥ log vs H1 μ < log: t = (mean − log)/(s/√n), p = P(T(n−1) ≤ t), by hand."""
+    from recpress.evaluation import one_sided_ttest_below
+
+    # values .20, .21, .22: mean .21, s = .01, s/√3 = .0057735; log .22 → t = −1.7321
+    # P(T2 ≤ −√3) = (1 + t/√(t² + 2)) / 2 = (1 − √3/√5) / 2 = 0.1127 (closed form for ν = 2)
+    res = one_sided_ttest_below([0.20, 0.21, 0.22], 0.22)
+    assert res.t == pytest.approx(-math.sqrt(3), rel=1e-9)
+    assert res.p == pytest.approx((1 - math.sqrt(3 / 5)) / 2, rel=1e-9)
+    assert res.n == 3 and res.mean_diff == pytest.approx(-0.01)
+    # far below: log .25 → t = −0.04/.0057735 = −6.928, p = (1 − 6.928/√(48 + 2))/2 = 0.0101
+    low = one_sided_ttest_below([0.20, 0.21, 0.22], 0.25)
+    assert low.p == pytest.approx((1 - math.sqrt(48) / math.sqrt(50)) / 2, rel=1e-9)
+    assert one_sided_ttest_below([0.20, 0.21, 0.22], 0.20).p > 0.5  # above the log
+    assert math.isnan(one_sided_ttest_below([0.3], 0.31).p)  # one seed: untestable
+
+    cell = reference_cell(20, "htd", {"mean": 0.21, "std": 0.01, "n": 3,
+                                      "values": [0.20, 0.21, 0.22]}, 0.22)  # fmt: skip
+    assert cell["reached"] is True and cell["verdict"] == "reached"
+    far = reference_cell(20, "ftd", {"mean": 0.21, "n": 3, "values": [0.20, 0.21, 0.22]}, 0.25)
+    assert far["reached"] is False and far["verdict"] == "NOT reached"
+    one = reference_cell(10, "none", {"mean": 0.3, "n": 1, "values": [0.3]}, 0.31)
+    assert one["reached"] is None and one["verdict"] == "untestable (one seed)"
+    text = _reference_summary([cell, far, one])[0]
+    assert "H0 μ ≥ log vs H1 μ < log" in text and "1 of 2 testable logged cells reached" in text
+    assert "d=20 ftd (p = 0.01)" in text and "Untestable (one seed): 1 cells, 1 of them" in text
 
 
 def test_parallel_sweeps_start_the_costliest_runs_first(tmp_path):

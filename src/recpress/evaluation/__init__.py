@@ -29,6 +29,7 @@ from recpress.evaluation.stats import (
     aggregate_seeds,
     format_mean_std,
     mean_std,
+    one_sided_ttest_below,
     paired_ttest,
 )
 
@@ -51,6 +52,7 @@ __all__ = [
     "metric_name",
     "mrr_at_k",
     "ndcg_at_k",
+    "one_sided_ttest_below",
     "paired_ttest",
     "parse_metric_name",
     "precision_at_k",

@@ -4,6 +4,8 @@
 * `aggregate_seeds`: the same for every metric of several runs (dicts or `EvalResult`s).
 * `paired_ttest`: two-sided paired t-test (``scipy.stats.ttest_rel``) on per-user values of one
   metric for two methods evaluated on the same users; returns t, p, mean difference (a − b), n.
+* `one_sided_ttest_below`: one-sample one-sided t-test of seed values against a single
+  reference value (H1: the mean is below it), e.g. our seeds against an author's logged run.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ def aggregate_seeds(
 
 @dataclass(frozen=True)
 class TTestResult:
-    """Paired t-test outcome: statistic t, two-sided p-value, mean of (a − b), number of pairs."""
+    """t-test outcome: statistic t, p-value (two-sided for `paired_ttest`, one-sided for
+    `one_sided_ttest_below`), mean difference, number of pairs or values."""
 
     t: float
     p: float
@@ -114,4 +117,37 @@ def paired_ttest(
     return TTestResult(t=t, p=p, mean_diff=float(diff.mean()), n=n)
 
 
-__all__ = ["mean_std", "format_mean_std", "aggregate_seeds", "paired_ttest", "TTestResult"]
+def one_sided_ttest_below(values: Sequence[float] | np.ndarray, reference: float) -> TTestResult:
+    """One-sample one-sided t-test of H0: μ ≥ `reference` against H1: μ < `reference`.
+
+    With n values of mean m and sample std s: t = (m − reference) / (s/√n) and
+    p = P(T_{n−1} ≤ t) (Student's t with n − 1 degrees of freedom). A small p says the mean is
+    significantly below the reference. Returns `TTestResult` with ``mean_diff = m − reference``;
+    t and p are NaN with one value (no spread to test against). When all values are equal,
+    t is ±inf (p = 0 or 1) or NaN if they equal the reference.
+    """
+    x = np.asarray(values, dtype=np.float64).ravel()
+    if x.size == 0:
+        raise ValueError("one_sided_ttest_below needs at least one value")
+    n, diff = int(x.size), float(x.mean() - float(reference))
+    if n < 2:
+        return TTestResult(t=float("nan"), p=float("nan"), mean_diff=diff, n=n)
+    if np.all(x == x[0]):
+        if diff == 0:
+            return TTestResult(t=float("nan"), p=float("nan"), mean_diff=0.0, n=n)
+        return TTestResult(
+            t=float("inf") if diff > 0 else float("-inf"), p=1.0 if diff > 0 else 0.0,
+            mean_diff=diff, n=n,
+        )  # fmt: skip
+    t = diff / (float(x.std(ddof=1)) / np.sqrt(n))
+    return TTestResult(t=float(t), p=float(_sps.t.cdf(t, df=n - 1)), mean_diff=diff, n=n)
+
+
+__all__ = [
+    "mean_std",
+    "format_mean_std",
+    "aggregate_seeds",
+    "paired_ttest",
+    "one_sided_ttest_below",
+    "TTestResult",
+]

@@ -7,17 +7,20 @@ sweep's reference experiment (`recpress.experiments.reference`, a data file) on 
 """
 
 from recpress.experiments.report.build import build_report, write_report
-from recpress.experiments.report.claims import check_claims, claim_arms, log_z
+from recpress.experiments.report.claims import check_claims, claim_arms
 from recpress.experiments.report.plots import palette
 from recpress.experiments.report.tables import (
     PER_USER_FILE,
     SELECTION_LABEL,
     RunResult,
     _reference_summary,
+    best_methods,
     collect,
     measure_latency,
     paired_tests,
     read_run,
+    reference_cell,
+    selection_label,
     summarize,
 )
 
@@ -26,15 +29,17 @@ __all__ = [
     "SELECTION_LABEL",
     "RunResult",
     "_reference_summary",
+    "best_methods",
     "build_report",
     "check_claims",
     "claim_arms",
     "collect",
-    "log_z",
     "measure_latency",
     "paired_tests",
     "palette",
     "read_run",
+    "reference_cell",
+    "selection_label",
     "summarize",
     "write_report",
 ]

@@ -33,6 +33,7 @@ from recpress.experiments.report.tables import (
     _Report,
     _student_table,
     _timing,
+    best_methods,
     collect,
     measure_latency,
     paired_tests,
@@ -64,7 +65,8 @@ def build_report(
     r = _Report(cfg, summarize(cfg, found), list(cfg.report.selections), ref if has_log else None)
     wants_split = found and (paired or (latency and cfg.report.latency))
     split = _load_split(cfg, sweep_dir) if wants_split else None
-    r.tests = paired_tests(found, metric, split) if paired and split is not None else {}
+    r.best = best_methods(r.table, list(cfg.students.methods), r.sels[0])
+    r.tests = paired_tests(found, metric, split, r.best) if paired and split is not None else {}
     lat = measure_latency(found, split) if latency and cfg.report.latency and split else {}
     n_total = len(plan(cfg, sweep_dir))
     md = _intro(r, sweep_dir, n_total - len(missing), n_total)
@@ -87,6 +89,7 @@ def build_report(
         "paired_tests": {f"{d}/{m}": v for (d, m), v in r.tests.items()},
         "latency": {str(k): v for k, v in lat.items()},
         "claims": claims,
+        "best": {str(d): m for d, m in r.best.items()},
         "reference_cells": r.reference_cells,
         "missing": missing,
     }

@@ -196,15 +196,3 @@ def check_claims(
         rule = _order_margin if isinstance(claim, OrderMarginClaim) else _gap_collapse
         out.append(rule(claim, cell, dims, t_dim, sub))
     return out
-
-
-def log_z(mean: float, std: float, n: int, log: float) -> float:
-    """How far a single logged run lies from our seeds: z = (log − mean) / (std·√(1 + 1/n)).
-
-    If the logged run and our n seeds come from one distribution, log − mean has standard
-    deviation σ·√(1 + 1/n), so z is about N(0, 1); |z| ≤ 2 is within seed noise. nan with one
-    seed.
-    """
-    if n < 2 or not std > 0:
-        return float("nan")
-    return (log - mean) / (std * math.sqrt(1.0 + 1.0 / n))

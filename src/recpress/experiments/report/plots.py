@@ -11,7 +11,7 @@ import io
 import numpy as np
 
 from recpress.experiments.reference import Reference
-from recpress.experiments.report.tables import SELECTION_LABEL, _get, _Report
+from recpress.experiments.report.tables import _get, _Report, selection_label
 from recpress.experiments.sweep import SweepConfig
 
 
@@ -126,7 +126,7 @@ def plot_size(cfg: SweepConfig, table: dict, latency: dict, sel: str) -> bytes |
         else:
             n = next(iter(latency.values()))["batch_users"]
             ax.set_xlabel(f"top-50 ms per {n} users (serving path, CPU)")
-        ax.set_ylabel(f"test {cfg.report.metric} ({SELECTION_LABEL[sel]})")
+        ax.set_ylabel(f"test {cfg.report.metric} ({selection_label(sel, cfg.report.fixed_epoch)})")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()

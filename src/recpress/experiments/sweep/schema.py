@@ -124,8 +124,13 @@ class ReportSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     metric: str = "recall@50"
-    selections: list[Literal["fixed_epochs", "best_valid"]] = Field(
-        default_factory=lambda: ["fixed_epochs", "best_valid"]
+    selections: list[Literal["fixed_epochs", "best_valid", "fixed_epoch"]] = Field(
+        default_factory=lambda: ["fixed_epochs", "best_valid"],
+        description="fixed_epochs = the last evaluation, best_valid = the best validation "
+        "evaluation, fixed_epoch = the evaluation at epoch `fixed_epoch` (same runs)",
+    )
+    fixed_epoch: int | None = Field(
+        None, ge=0, description="the epoch of the fixed_epoch selection (e.g. 100)"
     )
     reference: str = Field(
         NO_REFERENCE,
@@ -161,6 +166,14 @@ class ReportSpec(BaseModel):
         except ConfigError as err:
             raise ValueError(err.message) from None
         return value
+
+    @model_validator(mode="after")
+    def _fixed_epoch_given(self) -> ReportSpec:
+        if "fixed_epoch" in self.selections and self.fixed_epoch is None:
+            raise ValueError(
+                "selection fixed_epoch needs report.fixed_epoch (the epoch to read, e.g. 100)"
+            )
+        return self
 
     def claims_source(self) -> str | None:
         """The reference whose claims the report checks, or None."""

@@ -27,6 +27,7 @@ TINY_PARAMS: dict[str, dict] = {
     "de": {"n_experts": 2},
     "htd": {"n_groups": 2},
     "ir-rrd": {"K": 3, "L": 3, "N": 20, "K_I": 3, "L_I": 3, "N_I": 20},
+    "hetcomp": {"K": 10, "dkc_k": 5, "p": 1, "rank_top": 5, "rank_head": 2},
     "kd": {"k": 5},
     "pckd": {"n_experts": 2, "mxK": 10, "Q": 2},
     "rce-kd": {"K": 3, "L": 3, "mxK": 10, "count_cap": 5},
@@ -56,7 +57,12 @@ def prepared(method: str, seed: int = 0):
     student = BPRMF(4, init_std=0.5).build(split, torch.Generator().manual_seed(seed + 1))
     params = TINY_PARAMS.get(method, {})
     pairs = make_distillers(method, None, {method: params} if params else None)
-    prepare_distillers(pairs, Knowledge.from_teacher(teacher, split), split, student, seed=seed)
+    knowledge = Knowledge.from_teacher(teacher, split)
+    if pairs[0][0].multi_teacher:  # trajectory-based (HetComp): synthetic checkpoint lists
+        from tests.distill.tiny import synthetic_trajectories
+
+        knowledge.attach_trajectories(synthetic_trajectories(split, 3, k=10, seed=seed + 11))
+    prepare_distillers(pairs, knowledge, split, student, seed=seed)
     return pairs[0][0], student, split
 
 

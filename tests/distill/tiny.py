@@ -27,22 +27,47 @@ def tiny(n_users=4, n_items=12, per_user=3, seed=0):
     return split, teacher, student, Knowledge.from_teacher(teacher, split)
 
 
+def synthetic_trajectories(split, n_checkpoints: int = 3, k: int = 6, seed: int = 0):
+    """Trajectories in the agreed format (``epochs``, ``lists`` (C, n_users, k) int32, training
+    items excluded, ``k``, ``fingerprint``): checkpoint c holds the masked top-k lists of a
+    random BPR d=8 model of seed ``seed + c``."""
+    from types import SimpleNamespace
+
+    lists = [
+        Knowledge.from_teacher(
+            BPRMF(8, init_std=1.0).build(split, torch.Generator().manual_seed(seed + c)), split
+        ).user_topk(k)
+        for c in range(n_checkpoints)
+    ]
+    return SimpleNamespace(
+        epochs=[10 * (c + 1) for c in range(n_checkpoints)],
+        lists=torch.stack(lists),
+        k=k,
+        fingerprint=split.fingerprint(),
+    )
+
+
 def batch(users):
     """A TripletBatch of these users (positives and negatives are item 0)."""
     u = torch.as_tensor(users)
     return TripletBatch(u, torch.zeros_like(u), torch.zeros_like(u))
 
 
-def check_fit_finite_deterministic_and_resumes(make_distiller, weight: float, tmp_path) -> None:
+def check_fit_finite_deterministic_and_resumes(
+    make_distiller, weight: float, tmp_path, trajectories: int = 0
+) -> None:
     """A BPR d=4 student with ``make_distiller()`` (weight λ) on a tiny split: 3 epochs are
     finite, the same for the same seed, different for another, and a run stopped after 2 epochs
-    resumes to the same per-epoch losses."""
+    resumes to the same per-epoch losses. ``trajectories``: give the teacher that many
+    synthetic trajectory checkpoints (top-10 lists)."""
     import math
 
     from recpress.distill.registry import prepare_distillers
     from recpress.training import Trainer
 
     split, _, _, kn = tiny(n_users=12, n_items=20)
+    if trajectories:
+        kn.attach_trajectories(synthetic_trajectories(split, trajectories, k=10, seed=5))
 
     def fit(run_dir, seed: int, epochs: int) -> list[float]:
         model, pairs = BPRMF(4), [(make_distiller(), weight)]

@@ -27,6 +27,7 @@ for _mod in (
     "topology",
     "rce_kd",
     "pckd",
+    "hetcomp",
 ):
     try:
         __import__(f"recpress.distill.{_mod}")

@@ -39,6 +39,10 @@ class Distiller(nn.Module):
     student_requires: ClassVar[frozenset[str]] = frozenset()
     #: default KD weight λ of the method (docs/methods.md §4.0)
     default_weight: ClassVar[float] = 1.0
+    #: True for a method learning from several teachers at once (HetComp): its ``prepare``
+    #: gets ``knowledge`` = a list of `Knowledge`, one per teacher in config order, and
+    #: ``teacher`` = None
+    multi_teacher: ClassVar[bool] = False
     #: rough training time per epoch relative to the no-KD student (bench/results/method_speed.md,
     #: d=20, averaged over the schedule); only orders a parallel sweep, costliest runs first
     epoch_cost: ClassVar[float] = 1.0

@@ -9,6 +9,8 @@ teacher) and serves what the distillers need:
 * ``item_topk(n, mask_train)``: (n_items, n) int32, the top-n users per item (IR-RRD, DCD).
 * ``user_embeddings()`` / ``item_embeddings()``: frozen (n, d_t) teacher embeddings.
 * ``score_items(users, items)``: teacher scores of listed items, no gradient.
+* ``trajectories()``: the teacher's top-K lists at several training epochs (HetComp), read
+  from its run directory.
 
 Lists are computed in chunks (full scoring + top-n, never a dense n_users × n_items matrix),
 kept in memory, and saved as safetensors under ``cache_dir`` (a teacher run's ``knowledge/``)
@@ -62,6 +64,9 @@ class Knowledge:
         self._train = split.train
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.source = source
+        #: the teacher's run directory (set by the teacher loader), where its trajectories live
+        self.run_dir: Path | None = None
+        self._trajectories = None
         self._mem: dict[tuple[str, bool], torch.Tensor] = {}
         self._emb: dict[str, torch.Tensor | None] = {}
         #: how many lists were computed (not read from memory or disk) — for tests and logs
@@ -245,6 +250,48 @@ class Knowledge:
             best_i = torch.gather(i, 0, pos)
         best_i[torch.isneginf(best_v)] = -1
         return best_i.T.contiguous().to(torch.int32).cpu()
+
+    # -- trajectories -------------------------------------------------------------------------
+    def attach_trajectories(self, trajectories) -> Knowledge:
+        """Use these trajectories (``epochs``: list[int], ``lists``: (C, n_users, K) int item ids
+        best-first, training items excluded, −1 padded; optional ``fingerprint``) instead of
+        reading them from the run directory."""
+        self._trajectories = trajectories
+        return self
+
+    def trajectories(self, needed_by: str | None = None):
+        """The teacher's per-user top-K lists at several training epochs (`recpress.runs.
+        Trajectories`: ``epochs`` ascending, ``lists`` (C, n_users, K) int32), read once from the
+        run directory. ConfigError when the teacher has none or they belong to another split."""
+        if self._trajectories is None:
+            if self.run_dir is None:
+                who = f"method {needed_by!r}" if needed_by else "this method"
+                raise ConfigError(
+                    f"{who} needs the teacher's trajectories (per-user top-K lists kept at "
+                    f"several training epochs), but the teacher given ({self.source or 'lists'}) "
+                    "has none; give a teacher run directory and make them with `recpress "
+                    "trajectories RUN --epochs E1,E2,...`"
+                )
+            from recpress.runs import read_trajectories
+
+            self._trajectories = read_trajectories(self.run_dir)
+        traj = self._trajectories
+        fp = getattr(traj, "fingerprint", None)
+        if isinstance(fp, dict):
+            fp = fp.get("fingerprint")
+        where = self.run_dir if self.run_dir is not None else self.source
+        if fp is not None and str(fp) != self.split_fingerprint:
+            raise ConfigError(
+                f"the trajectories of teacher {where} were made on split {fp}, but the student's "
+                f"split is {self.split_fingerprint}: remake them with `recpress trajectories`"
+            )
+        lists = traj.lists
+        if lists.dim() != 3 or lists.shape[1] != self.n_users or len(traj.epochs) != lists.shape[0]:
+            raise ConfigError(
+                f"the trajectories of teacher {where} have shape {tuple(lists.shape)} for "
+                f"{len(traj.epochs)} epochs; expected (epochs, n_users={self.n_users}, K)"
+            )
+        return traj
 
     # -- embeddings and scores ----------------------------------------------------------------
     def user_embeddings(self, needed_by: str | None = None) -> torch.Tensor | None:

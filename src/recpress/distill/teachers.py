@@ -134,7 +134,9 @@ def _from_run(p: Path, split: Split, field: str = "distill.teacher") -> Knowledg
             field=field,
         )
     model = load_run(p, split=split).model
-    return Knowledge.from_teacher(model, split, cache_dir=p / KNOWLEDGE_DIR)
+    knowledge = Knowledge.from_teacher(model, split, cache_dir=p / KNOWLEDGE_DIR)
+    knowledge.run_dir = p
+    return knowledge
 
 
 def _from_npz(p: Path, split: Split, field: str = "distill.teacher") -> Knowledge:

@@ -135,6 +135,36 @@ def test_report_complete(finished_sweep):
     assert "<table>" in page and "**" not in page
 
 
+def test_report_fixed_epoch_and_tests_vs_the_best_method(finished_sweep, tmp_path):
+    """report.fixed_epoch reads the evaluation at that epoch from the same runs; each method
+    is also paired-tested against the best one; early-stopped students show their epochs."""
+    cfg, sweep_dir = finished_sweep
+    copy = tmp_path / "fixed"
+    shutil.copytree(sweep_dir, copy)
+    data = yaml.safe_load((copy / "sweep.yaml").read_text())
+    data["report"].update(selections=["fixed_epochs", "fixed_epoch"], fixed_epoch=1)
+    data["students"]["train"].update(selection="best_valid", patience=2)
+    (copy / "sweep.yaml").write_text(yaml.safe_dump(data))
+    paths = write_report(copy, paired=True, latency=False)
+    md = paths["md"].read_text()
+    numbers = json.loads((copy / "report.json").read_text())
+    at_1 = numbers["table"]["4/ftd"]["fixed_epoch"]["values"][0]
+    history = (copy / "runs/4/ftd/seed0/history.csv").read_text().splitlines()
+    header, row = history[0].split(","), history[2].split(",")  # epoch 1
+    assert row[0] == "1" and at_1 == pytest.approx(float(row[header.index("test_recall@50")]))
+    best = numbers["best"]["4"]
+    assert numbers["table"][f"4/{best}"]["fixed_epochs"]["mean"] == max(
+        numbers["table"][f"4/{m}"]["fixed_epochs"]["mean"] for m in cfg.students.methods
+    )
+    others = [m for m in cfg.students.methods if m != best]
+    assert all(numbers["paired_tests"][f"4/{m}"]["vs_best"]["method"] == best for m in others)
+    assert "vs_best" not in numbers["paired_tests"].get(f"4/{best}", {})
+    assert "| at epoch 1 |" in md and f"Δ vs best ({best})" in md
+    assert "selected / last epoch per seed" in md and "/2 |" in md
+    with pytest.raises(ValueError, match="needs report.fixed_epoch"):
+        SweepConfig.model_validate({"report": {"selections": ["fixed_epoch"]}})
+
+
 def test_report_incomplete_lists_missing(finished_sweep, tmp_path):
     _, sweep_dir = finished_sweep
     copy = tmp_path / "partial"

@@ -35,8 +35,8 @@ class CDAE(Recommender):
 
     Loss per user (a "users" batch): Σ_{i∈O_u} softplus(−s_ui) + Σ_{j∈N_u} softplus(s_uj), the
     binary cross-entropy with logits of the observed items (label 1) and of
-    n_negatives·|O_u| items drawn uniformly from I \\ O_u with replacement (label 0). Only
-    those entries are scored, never the whole row. The input dropout and the negatives come
+    n_negatives·|O_u| items drawn uniformly from I \\ O_u with replacement (label 0), read
+    from the batch's (B, n_items) logits. The input dropout and the negatives come
     from the model's own generator (buffer ``rng_state``, seeded at build), so resume is exact.
 
     Initialisation, in this order from the build generator: W_enc, W_dec Glorot-uniform, v_u
@@ -134,10 +134,11 @@ class CDAE(Recommender):
                 max(self.n_negatives, 1),
                 keys=self.keys,
             )[:, : self.n_negatives]  # (nnz, n_negatives)
-        hidden = self._hidden(users, rows, keep)  # (B, h)
+        # the batch's (B, n_items) logits, then the observed and sampled entries of each row
+        flat_logits = self.decoder(self._hidden(users, rows, keep)).reshape(-1)
         items = torch.cat([rows.items[:, None], neg], dim=1)  # (nnz, 1 + n_negatives)
-        w = self.decoder.weight[items]  # (nnz, 1 + n_neg, h)
-        logits = torch.einsum("nh,nkh->nk", hidden[rows.row], w) + self.decoder.bias[items]
+        flat = rows.row[:, None] * self.n_items + items
+        logits = flat_logits.index_select(0, flat.reshape(-1)).view_as(flat)
         per_entry = F.softplus(-logits[:, 0]) + F.softplus(logits[:, 1:]).sum(1)
         return torch.zeros(len(batch), dtype=per_entry.dtype, device=device).index_add(
             0, rows.row, per_entry

@@ -58,14 +58,29 @@ def main(argv=None) -> dict:
     from scipy import stats
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--bf16", type=Path, required=True, help="sweep dir with *-bf16 arm runs")
+    p.add_argument("--bf16", type=Path, default=None, help="sweep dir with *-bf16 arm runs")
+    p.add_argument(
+        "--bf16-distill-json", type=Path, default=None,
+        help="bench/results/distill.json (bench_distill.py) of a sweep whose DE ran in bf16: "
+        "its methods' per-seed values where every seed selected the last epoch (100)",
+    )  # fmt: skip
+    p.add_argument("--distill-dim", type=int, default=20)
     p.add_argument("--fp32-report", type=Path, default=None, help="report.json with fp32 seeds")
     p.add_argument("--fp32", type=Path, default=None, help="sweep dir with fp32 runs")
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
 
-    bf16 = _runs(args.bf16, "-bf16")
+    bf16 = _runs(args.bf16, "-bf16") if args.bf16 else {}
+    if args.bf16_distill_json:
+        for method, e in json.loads(args.bf16_distill_json.read_text())["methods"].items():
+            if "de" not in method.split("+") or set(e.get("selected_epochs", [])) != {100}:
+                continue
+            bf16[(args.distill_dim, method)] = {
+                s: (v, 100, e["seconds_per_epoch"] * 101)
+                for s, v in zip(e["seeds"], e["recall@50"]["values"], strict=True)
+            }
     fp32: dict[tuple[int, str], dict[str, float]] = {}
+    fp32_speed: dict[tuple[int, str], float] = {}
     if args.fp32_report:
         table = json.loads(args.fp32_report.read_text())["table"]
         for key in bf16:
@@ -75,6 +90,7 @@ def main(argv=None) -> dict:
                 fp32[key] = {
                     f"report seed {s}": v for s, v in zip(seeds, entry["values"], strict=True)
                 }
+                fp32_speed[key] = table[f"{key[0]}/{key[1]}"]["seconds_per_epoch"]
     if args.fp32:
         for key, seeds in _runs(args.fp32, "").items():
             if key in bf16:
@@ -89,6 +105,10 @@ def main(argv=None) -> dict:
             "bf16_epoch": sorted({v[1] for v in bf16[key].values()}),
             "bf16_train_seconds": {f"seed {s}": round(v[2], 1) for s, v in bf16[key].items()},
             "fp32": fp32.get(key, {}),
+            "bf16_seconds_per_epoch": round(
+                float(np.mean([v[2] / (v[1] + 1) for v in bf16[key].values()])), 3
+            ),
+            "fp32_seconds_per_epoch_report": fp32_speed.get(key),
             "bf16_mean": float(np.mean(low)),
             "fp32_mean": float(np.mean(ref)) if ref else None,
         }  # fmt: skip

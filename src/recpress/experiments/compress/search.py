@@ -31,7 +31,7 @@ STATE = "compress.json"
 TRIALS_DIR = "trials"
 ARTIFACT_DIR = "artifact"
 #: fraction of the budget stage 1 (the proxies) may spend
-PROXY_SHARE = 0.25
+PROXY_SHARE = 0.15
 #: exit code of a search whose target is not met (the best found is still reported + exported)
 NOT_MET = 3
 
@@ -370,19 +370,27 @@ class Search:
         ranked = sorted(have, key=lambda m: (-mean(m), methods.index(m)))
         return ranked + [m for m in methods if m not in have]
 
-    def stage2(self, dims: list[int], ranked: list[str]) -> bool:
+    def stage2(self, dims: list[int], ranked: list[str], scores: dict) -> bool:
         """Bisection over `dims` for each finalist; returns False when the budget ran out.
 
-        The first finalist bisects all dims. A later one is first tried at the largest dim
-        below the smallest that met the target so far: when it misses there, no smaller dim of
-        it is tried (accuracy grows with the width); when it meets, the bisection goes on below.
+        The first finalist searches all dims (`next_dim`: bisection guided by its proxies). A
+        later one is first tried at the largest dim below the smallest that met the target so
+        far: when it misses there, no smaller dim of it is tried (accuracy grows with the
+        width); when it meets, the search goes on below.
         """
         best = len(dims)  # index of the smallest dim known to meet the target
         for n, method in enumerate(ranked[: self.budget.finalists]):
             lo, hi = -1, best
-            first = n > 0
+            known = [
+                (dims.index(r["dim"]), self.meets(r))
+                for r in self.state["trials"].values()
+                if r["stage"] == "full" and r["method"] == method and r["dim"] in dims
+            ]
+            lo = max([i for i, ok in known if not ok and i < hi], default=lo)  # a resumed search
+            hi = min([i for i, ok in known if ok and i > lo], default=hi)
+            first = n > 0 and not known
             while hi - lo > 1:
-                mid = hi - 1 if first else (lo + hi) // 2
+                mid = hi - 1 if first else self.next_dim(method, dims, lo, hi, scores)
                 first = False
                 rec = self.trial(method, dims[mid], "full", profile=True)
                 if rec is None:
@@ -395,6 +403,26 @@ class Search:
                     lo = mid
             best = min(best, hi)
         return True
+
+    def next_dim(self, method: str, dims: list[int], lo: int, hi: int, scores: dict) -> int:
+        """Index of the next full trial strictly between `lo` (misses) and `hi` (meets).
+
+        Once the method has full trials, its full ÷ proxy ratio (mean over the dims with both)
+        predicts the full metric of each dim from its proxy: the smallest dim predicted to meet
+        the target is tried next. Without a prediction that meets, the middle (bisection).
+        """
+        ratios = [
+            r["valid_metric"] / scores[(method, r["dim"])]
+            for r in self.state["trials"].values()
+            if r["stage"] == "full" and r["method"] == method and scores.get((method, r["dim"]))
+        ]
+        if ratios:
+            ratio = sum(ratios) / len(ratios)
+            for i in range(lo + 1, hi):
+                proxy = scores.get((method, dims[i]))
+                if proxy is not None and ratio * proxy >= self.valid_threshold:
+                    return i
+        return (lo + hi) // 2
 
     # -- the whole search ----------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -423,7 +451,7 @@ class Search:
             if slow:
                 limit = f"--max-latency-ms {b.max_latency_ms:g}"
                 self.notes.append(f"dims over {limit} left out: {slow}")
-        complete = self.stage2(dims, ranked) if dims else True
+        complete = self.stage2(dims, ranked, scores) if dims else True
         result = self.result(ranked, complete)
         write_pareto(self.out, result)
         self.state["result"] = {k: result[k] for k in ("met", "decision", "chosen")}

@@ -10,8 +10,11 @@ import torch
 
 from recpress.distill.hetcomp import (
     HetComp,
+    Workspace,
     dkc_update,
+    dot_excluded_lse,
     ensemble_targets,
+    excluded_lse,
     ndcg_agreement,
     order_positives,
     overall_loss,
@@ -218,6 +221,51 @@ def test_rank_loss_matches_the_set_formula(top, head):
         assert got[u].item() == pytest.approx(want, rel=1e-10)
     got.sum().backward()
     assert torch.isfinite(scores.grad).all()
+
+
+def test_excluded_lse_equals_the_masked_logsumexp_with_its_gradient():
+    g = torch.Generator().manual_seed(4)
+    scores = torch.randn(5, 30, generator=g) * 4
+    excluded = torch.rand(5, 30, generator=g) < 0.3
+    excluded[2, :29] = True  # one kept entry
+    excluded[2, 29] = False
+    excluded[4] = True  # none kept: −inf, no gradient
+    scores[3, excluded[3]] += 500.0  # kept mass underflows next to the excluded max
+    rows, cols = excluded.nonzero(as_tuple=True)
+    a = scores.clone().requires_grad_()
+    b = scores.clone().requires_grad_()
+    fast = excluded_lse(a, rows, cols)
+    ref = torch.logsumexp(b.masked_fill(excluded, -math.inf), dim=1)
+    assert torch.allclose(fast[:4], ref[:4], rtol=1e-6, atol=1e-5) and torch.isneginf(fast[4])
+    w = torch.arange(1.0, 6.0)
+    (fast[:4] * w[:4]).sum().backward()
+    (ref[:4] * w[:4]).sum().backward()
+    assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-6)
+    a.grad = None
+    excluded_lse(a, rows, cols)[4].backward()
+    assert torch.equal(a.grad, torch.zeros_like(a))
+
+
+def test_dot_excluded_lse_and_a_reused_workspace():
+    g = torch.Generator().manual_seed(5)
+    u = torch.randn(4, 3, generator=g, requires_grad=True)
+    items = torch.randn(12, 3, generator=g, requires_grad=True)
+    excluded = torch.rand(4, 12, generator=g) < 0.4
+    rows, cols = excluded.nonzero(as_tuple=True)
+    ws = Workspace()
+    for _ in range(2):  # the second call reuses the buffer
+        got = dot_excluded_lse(u, items, rows, cols, ws)
+        (got * torch.arange(1.0, 5.0)).sum().backward()
+        gu, gi = u.grad.clone(), items.grad.clone()
+        u.grad = items.grad = None
+    ref = torch.logsumexp((u @ items.T).masked_fill(excluded, -math.inf), dim=1)
+    (ref * torch.arange(1.0, 5.0)).sum().backward()
+    assert torch.allclose(got, ref, atol=1e-6)
+    assert torch.allclose(gu, u.grad, atol=1e-6) and torch.allclose(gi, items.grad, atol=1e-6)
+    first = dot_excluded_lse(u, items, rows, cols, ws)
+    dot_excluded_lse(u, items, rows, cols, ws)  # takes the workspace over
+    with pytest.raises(RuntimeError, match="backward"):
+        first.sum().backward()
 
 
 def test_losses_are_finite_for_huge_scores():

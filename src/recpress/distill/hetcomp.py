@@ -51,13 +51,17 @@ from recpress.data.types import Split
 from recpress.distill.base import Distiller
 from recpress.distill.common import student_topk
 from recpress.distill.registry import register
+from recpress.distill.relaxed_ranking import _is_dot_model
 from recpress.errors import ConfigError
 from recpress.models.base import Recommender, TripletBatch
 
 __all__ = [
     "HetComp",
+    "Workspace",
+    "dot_excluded_lse",
     "dkc_update",
     "ensemble_targets",
+    "excluded_lse",
     "ndcg_agreement",
     "order_positives",
     "overall_loss",
@@ -181,6 +185,124 @@ def _masked_lse(scores: torch.Tensor, excluded: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(scores.masked_fill(excluded, _MISSING), dim=1)
 
 
+class Workspace:
+    """A (B, n) float buffer reused by the fused LSE from batch to batch (one per distiller).
+
+    Each forward takes it over (``generation`` + 1); its backward checks that no later
+    forward did, so two losses computed before one backward fail loudly instead of silently.
+    """
+
+    def __init__(self) -> None:
+        self.buf: torch.Tensor | None = None
+        self.generation = 0
+
+    def take(self, shape: tuple[int, int], like: torch.Tensor) -> tuple[torch.Tensor, int]:
+        n = shape[0] * shape[1]
+        b = self.buf
+        if b is None or b.numel() < n or b.dtype != like.dtype or b.device != like.device:
+            self.buf = b = torch.empty(n, dtype=like.dtype, device=like.device)
+        self.generation += 1
+        return b[:n].view(shape), self.generation
+
+    def check(self, generation: int) -> None:
+        if generation != self.generation:
+            raise RuntimeError(
+                "HetComp: backward of a loss whose workspace a later loss call reused; call "
+                "backward before the next loss (as the trainer does)"
+            )
+
+
+def _exp_rows_(e: torch.Tensor, rows, cols, rescore) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn scores `e` (B, n) in place into exp(e − m) with the entries (rows, cols) zeroed;
+    returns (m, Σ) (B, 1). Rows whose kept mass underflows (every kept score ~87 or more below
+    an excluded one) are redone from ``rescore(row ids)`` with the max over the kept entries."""
+    m = e.amax(1, keepdim=True)
+    e.sub_(m).exp_()
+    e[rows, cols] = 0.0
+    total = e.sum(1, keepdim=True)
+    low = (total < 1e-30).squeeze(1)
+    if bool(low.any()):
+        low_rows = low.nonzero().squeeze(1)
+        excluded = torch.zeros(e.shape, dtype=torch.bool, device=e.device)
+        excluded[rows, cols] = True
+        kept = rescore(low_rows).masked_fill(excluded[low_rows], -math.inf)
+        m_low = kept.amax(1, keepdim=True)
+        m_low = torch.where(torch.isfinite(m_low), m_low, torch.zeros_like(m_low))
+        e[low_rows] = (kept - m_low).exp()
+        m[low_rows] = m_low
+        total[low_rows] = e[low_rows].sum(1, keepdim=True)
+    return m, total
+
+
+def _softmax_grad_(e: torch.Tensor, total: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """∂lse/∂scores · grad = e / Σ e · grad, in place in e (an empty row gets 0)."""
+    tiny = torch.finfo(total.dtype).tiny
+    return e.mul_(grad.unsqueeze(1) / total.clamp_min(tiny))
+
+
+class _ExcludedLSE(torch.autograd.Function):
+    """lse[b] = log Σ_{j not excluded} exp(scores[b, j]) (excluded entries as (rows, cols)),
+    in a workspace copy of the scores: no (B, n) mask and one pass for the backward."""
+
+    @staticmethod
+    def forward(ctx, scores, rows, cols, ws):
+        e, ctx.generation = ws.take(tuple(scores.shape), scores)
+        e.copy_(scores)
+        m, total = _exp_rows_(e, rows, cols, lambda r: scores[r])
+        ctx.e, ctx.total, ctx.ws = e, total, ws
+        return (m + torch.log(total)).squeeze(1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        ctx.ws.check(ctx.generation)
+        return _softmax_grad_(ctx.e, ctx.total, grad), None, None, None
+
+
+class _DotExcludedLSE(torch.autograd.Function):
+    """The same LSE of the scores u @ itemsᵀ (u (B, d), items (n, d)), computed into the
+    workspace: the score rows are never a separate tensor; backward G = softmax·grad gives
+    ∂u = G @ items and ∂items = Gᵀ @ u."""
+
+    @staticmethod
+    def forward(ctx, u, items, rows, cols, ws):
+        e, ctx.generation = ws.take((u.shape[0], items.shape[0]), u)
+        torch.mm(u, items.T, out=e)
+        m, total = _exp_rows_(e, rows, cols, lambda r: u[r] @ items.T)
+        ctx.save_for_backward(u, items)
+        ctx.e, ctx.total, ctx.ws = e, total, ws
+        return (m + torch.log(total)).squeeze(1)
+
+    @staticmethod
+    def backward(ctx, grad):
+        ctx.ws.check(ctx.generation)
+        u, items = ctx.saved_tensors
+        g = _softmax_grad_(ctx.e, ctx.total, grad)
+        grad_u = g @ items if ctx.needs_input_grad[0] else None
+        grad_items = g.T @ u if ctx.needs_input_grad[1] else None
+        return grad_u, grad_items, None, None, None
+
+
+def excluded_lse(
+    scores: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, ws: Workspace | None = None
+) -> torch.Tensor:
+    """(B,) log-sum-exp of each row of scores (B, n) without the entries (rows[j], cols[j]):
+    the value and gradient of `torch.logsumexp` over a masked copy, in fewer passes
+    (`ws`: a reused buffer; default a fresh one)."""
+    return _ExcludedLSE.apply(scores, rows, cols, ws or Workspace())
+
+
+def dot_excluded_lse(
+    u: torch.Tensor,
+    items: torch.Tensor,
+    rows: torch.Tensor,
+    cols: torch.Tensor,
+    ws: Workspace | None = None,
+) -> torch.Tensor:
+    """`excluded_lse` of the scores u @ itemsᵀ (u (B, d), items (n, d)) without materialising
+    them as their own tensor."""
+    return _DotExcludedLSE.apply(u, items, rows, cols, ws or Workspace())
+
+
 def _lse_of(s: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(torch.where(valid, s, torch.full_like(s, _MISSING)), dim=1)
 
@@ -196,17 +318,30 @@ def plackett_luce(s: torch.Tensor, valid: torch.Tensor, lse_rest: torch.Tensor) 
     return -torch.where(valid, term, torch.zeros_like(term)).sum(1)
 
 
+def _overall_terms(lse_n: torch.Tensor, s: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    term = F.softplus(lse_n.unsqueeze(1) - s)
+    return torch.where(valid, term, torch.zeros_like(term)).sum(1)
+
+
+def _rank_terms(lse_n, s_p, v_p, s_t, v_t, top: int, head: int) -> torch.Tensor:
+    top = min(top, s_t.shape[1])
+    head = min(head, top)
+    lse_top = torch.logaddexp(lse_n, _lse_of(s_t[:, top:], v_t[:, top:]))
+    lse_head = torch.logaddexp(lse_top, _lse_of(s_t[:, head:top], v_t[:, head:top]))
+    pl_p = plackett_luce(s_p, v_p, lse_top)
+    pl_top = plackett_luce(s_t[:, :top], v_t[:, :top], lse_top)
+    pl_head = plackett_luce(s_t[:, :head], v_t[:, :head], lse_head)
+    return pl_p + 0.5 * (pl_top + pl_head)
+
+
 def overall_loss(
     scores: torch.Tensor, excluded: torch.Tensor, positives: torch.Tensor, targets: torch.Tensor
 ) -> torch.Tensor:
     """L_ov per row (B,): scores (B, n) full student rows; excluded (B, n) bool = O_u ∪ T_u;
     positives (B, P) and targets (B, K) item ids, −1 padded."""
-    lse_n = _masked_lse(scores, excluded)
     idx = torch.cat([positives, targets], 1)
-    valid = idx >= 0
     s = torch.gather(scores, 1, idx.clamp_min(0))
-    term = F.softplus(lse_n.unsqueeze(1) - s)
-    return torch.where(valid, term, torch.zeros_like(term)).sum(1)
+    return _overall_terms(_masked_lse(scores, excluded), s, idx >= 0)
 
 
 def rank_loss(
@@ -221,18 +356,10 @@ def rank_loss(
 
     Same inputs as `overall_loss` (excluded = O_u ∪ T_u, so its LSE is over N_u);
     R_n = I \\ (O_u ∪ T_u[:n]) is N_u plus T_u[n:], added by log-add-exp."""
-    lse_n = _masked_lse(scores, excluded)
-    top = min(top, targets.shape[1])
-    head = min(head, top)
     s_t = torch.gather(scores, 1, targets.clamp_min(0))
-    v_t = targets >= 0
-    lse_top = torch.logaddexp(lse_n, _lse_of(s_t[:, top:], v_t[:, top:]))
-    lse_head = torch.logaddexp(lse_top, _lse_of(s_t[:, head:top], v_t[:, head:top]))
     s_p = torch.gather(scores, 1, positives.clamp_min(0))
-    pl_p = plackett_luce(s_p, positives >= 0, lse_top)
-    pl_top = plackett_luce(s_t[:, :top], v_t[:, :top], lse_top)
-    pl_head = plackett_luce(s_t[:, :head], v_t[:, :head], lse_head)
-    return pl_p + 0.5 * (pl_top + pl_head)
+    lse_n = _masked_lse(scores, excluded)
+    return _rank_terms(lse_n, s_p, positives >= 0, s_t, targets >= 0, top, head)
 
 
 def _train_entries(
@@ -340,6 +467,7 @@ class HetComp(Distiller):
         self.register_buffer("indices", torch.zeros(0, dtype=torch.int64), persistent=False)
         #: trajectory epochs used, per teacher (for logs)
         self.teacher_epochs: list[list[int]] = []
+        self._ws = Workspace()
 
     def get_params(self) -> dict[str, object]:
         return {
@@ -462,20 +590,33 @@ class HetComp(Distiller):
     # -- per batch --------------------------------------------------------------------------
     def loss(self, student: Recommender, batch: TripletBatch, epoch: int) -> torch.Tensor:
         users = torch.unique(batch.users.to(self.v.device))
-        scores = student.score(users).float()
-        if self.clamp_scores is not None:
-            scores = scores.clamp(-self.clamp_scores, self.clamp_scores)
         targets, positives = self.targets[users], self.positives[users]
-        excluded = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)
+        idx = torch.cat([positives, targets], 1)
+        valid = idx >= 0
         rows, cols, _ = _train_entries(users, self.indptr, self.indices)
-        excluded[rows, cols] = True
-        valid = targets >= 0
+        n_p = positives.shape[1]
         t_rows = torch.arange(users.numel(), device=users.device).unsqueeze(1).expand_as(targets)
-        excluded[t_rows[valid], targets[valid]] = True
+        v_t = valid[:, n_p:]
+        rows = torch.cat([rows, t_rows[v_t]])
+        cols = torch.cat([cols, targets[v_t]])
+        # the list scores by their own lookup (a gather from the (|U_b|, n_items) rows would
+        # cost two more passes over them in the backward); the rows only feed the LSE over N_u
+        listed = student.score_items(users, idx.clamp_min(0)).float()
+        if self.clamp_scores is None and _is_dot_model(student):
+            u = student.user_embeddings(users)
+            lse_n = dot_excluded_lse(u, student.item_embeddings(), rows, cols, self._ws)
+        else:
+            scores = student.score(users).float()
+            if self.clamp_scores is not None:
+                scores = scores.clamp(-self.clamp_scores, self.clamp_scores)
+                listed = listed.clamp(-self.clamp_scores, self.clamp_scores)
+            lse_n = excluded_lse(scores, rows, cols, self._ws)
         if int(self.phase) == 1:
-            per = overall_loss(scores, excluded, positives, targets)
-            return self.overall_weight * per.sum()
-        per = rank_loss(scores, excluded, positives, targets, self.rank_top, self.rank_head)
+            return self.overall_weight * _overall_terms(lse_n, listed, valid).sum()
+        per = _rank_terms(
+            lse_n, listed[:, :n_p], valid[:, :n_p], listed[:, n_p:], v_t,
+            self.rank_top, self.rank_head,
+        )  # fmt: skip
         return per.sum()
 
     def extra_state_tensors(self) -> dict[str, torch.Tensor]:

@@ -42,6 +42,9 @@ class CDAE(Recommender):
     Initialisation, in this order from the build generator: W_enc, W_dec Glorot-uniform, v_u
     from N(0, init_std²), biases 0; then the seed of the noise generator.
 
+    The gradients of W_enc and of the user vectors are row-sparse while the attribute
+    ``sparse`` is True (the default; False before ``build`` makes them dense, same values).
+
     The reference settings are Adam lr 0.01, weight decay 1e-4, batches of 512 users; the
     trainer owns them (docs/methods.md, "CDAE"). No representation hook: h_u depends on the
     input row, so the model is score-only for KD (``has_embeddings = False``). For serving,
@@ -83,13 +86,16 @@ class CDAE(Recommender):
         self.corruption = float(corruption)
         self.n_negatives = int(n_negatives)
         self.init_std = float(init_std)
+        self.sparse = True
 
     def _build(self, split: Split, generator: torch.Generator | None) -> None:
         h = self.hidden_dim
         # skip_init: no draws from the global RNG; every parameter is drawn from `generator`
-        self.encoder = skip_init(nn.EmbeddingBag, split.n_items, h, mode="sum")  # W_encᵀ
+        self.encoder = skip_init(
+            nn.EmbeddingBag, split.n_items, h, mode="sum", sparse=self.sparse
+        )  # W_encᵀ
         self.decoder = skip_init(nn.Linear, h, split.n_items)
-        self.user_node = skip_init(nn.Embedding, split.n_users, h)  # v_u
+        self.user_node = skip_init(nn.Embedding, split.n_users, h, sparse=self.sparse)  # v_u
         self.encoder_bias = nn.Parameter(torch.zeros(h))
         with torch.no_grad():
             glorot_(self.encoder.weight, generator)

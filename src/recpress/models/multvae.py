@@ -41,6 +41,10 @@ class MultVAE(Recommender):
     Initialisation, in this order from the build generator: W₁, W_q, W₂, W₃ Glorot-uniform,
     each followed by its bias from N(0, 0.001²); then the seed of the noise generator.
 
+    The encoder's gradient is row-sparse (only the items of the batch's rows) while the
+    attribute ``sparse`` is True (the default; set it to False before ``build`` for a dense
+    one, an implementation option that does not change the gradient's values).
+
     The paper trains with Adam lr 1e-3, batches of 500 users, no weight decay, the loss
     averaged over the batch (``train.reduction_base: mean``); the trainer owns those settings
     (docs/methods.md, "Mult-VAE").
@@ -84,11 +88,14 @@ class MultVAE(Recommender):
         self.dropout = float(dropout)
         self.anneal_cap = float(anneal_cap)
         self.anneal_steps = int(anneal_steps)
+        self.sparse = True
 
     def _build(self, split: Split, generator: torch.Generator | None) -> None:
         h, z = self.hidden_dim, self.latent_dim
         # skip_init: no draws from the global RNG; every parameter is drawn from `generator`
-        self.encoder = skip_init(nn.EmbeddingBag, split.n_items, h, mode="sum")  # W₁ᵀ
+        self.encoder = skip_init(
+            nn.EmbeddingBag, split.n_items, h, mode="sum", sparse=self.sparse
+        )  # W₁ᵀ
         self.encoder_bias = nn.Parameter(torch.empty(h))
         self.to_latent = skip_init(nn.Linear, h, 2 * z)
         self.decoder_hidden = skip_init(nn.Linear, z, h)

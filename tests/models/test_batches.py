@@ -79,3 +79,18 @@ def test_shard_range_checks():
 def test_user_batch_to_and_len():
     b = UserBatch(torch.tensor(np.array([1, 2, 3])))
     assert len(b.to("cpu")) == 3
+
+
+@pytest.mark.parametrize("name", ["multvae", "cdae"])
+def test_distilling_into_a_user_batch_student_is_refused(name):
+    from recpress.distill import make_distillers
+    from recpress.distill.registry import check_student
+    from recpress.errors import ConfigError
+    from recpress.models import make_model
+
+    student = make_model(name)
+    assert student.batch_kind == "users"
+    with pytest.raises(ConfigError, match="triplet batches") as err:
+        check_student(make_distillers("rd"), student)
+    assert repr(name) in str(err.value) and "teacher" in str(err.value)
+    check_student([], student)  # no distillation: fine

@@ -150,7 +150,12 @@ def plot_pareto(result: dict[str, Any]) -> bytes | None:
         ax.plot([r[key] for r in front], [r["valid_metric"] for r in front], color="grey",
                 lw=1, ls="--", zorder=2, label="Pareto front")  # fmt: skip
         ax.axhline(result["target"]["valid"], color="red", lw=1, ls=":", label="target")
-        ax.set_xscale("log")
+        values = [r[key] for r in rows]
+        if key == "params" and max(values) > 10 * min(values) > 0:
+            from matplotlib.ticker import NullFormatter
+
+            ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel(label)
         ax.set_ylabel(f"validation {metric}")
         ax.grid(alpha=0.3)

@@ -64,13 +64,18 @@ def train(
         str | None, typer.Option(help="Split protocol: loo, ratio, temporal, fixed.")
     ] = None,
     model: Annotated[
-        str | None, typer.Option(help="Model name: bpr, lightgcn, neumf, cml (docs/methods.md §3).")
+        str | None,
+        typer.Option(
+            help="Model name: bpr, lightgcn, neumf, cml, multvae, cdae (docs/methods.md §3)."
+        ),
     ] = None,
     dim: Annotated[int | None, typer.Option(help="Embedding dimension.")] = None,
     epochs: Annotated[int | None, typer.Option(help="Passes over the training data.")] = None,
     lr: Annotated[float | None, typer.Option(help="Adam learning rate.")] = None,
     weight_decay: Annotated[float | None, typer.Option(help="Coupled L2 weight decay.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Triples per batch.")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Triples per batch (users for multvae and cdae).")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu or cuda.")] = None,
     set_: SetOption = None,

@@ -4,6 +4,7 @@ the curriculum in the distiller, bad input, resume and a short fit."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -402,3 +403,105 @@ def test_fit_is_finite_deterministic_and_resumes(tmp_path):
         tmp_path,
         trajectories=3,
     )
+
+
+# -- several teachers through the run config and the CLI ---------------------------------------
+@pytest.fixture(scope="module")
+def teacher_runs(tmp_path_factory):
+    """(data file, {name: run dir}) of two BPR teachers (d=8, d=16) on the same tiny data."""
+    from recpress.experiments.run import train_run
+    from tests.run_dirs.tinyruns import tiny_config, write_pairs
+
+    root = tmp_path_factory.mktemp("hetcomp_teachers")
+    data_file = write_pairs(root / "tiny.tsv")
+    runs = {"small": root / "small", "wide": root / "wide"}
+    for dim, path in zip((8, 16), runs.values(), strict=True):
+        train_run(tiny_config(data_file, dim=dim), path, progress=False)
+    return data_file, runs
+
+
+@pytest.fixture
+def with_trajectories(monkeypatch):
+    """Every teacher run reads synthetic 3-checkpoint trajectories (seeded by its path);
+    returns the list of run directories read."""
+    import recpress.runs as runs_module
+    from recpress.runs import load_run
+
+    read = []
+
+    def fake(run_dir):
+        read.append(Path(run_dir))
+        split = load_run(run_dir).split
+        return synthetic_trajectories(split, 3, k=12, seed=len(str(run_dir)))
+
+    monkeypatch.setattr(runs_module, "read_trajectories", fake, raising=False)
+    return read
+
+
+def hetcomp_student(teachers, teacher_of=None, **kw):
+    from recpress.experiments.config import student_config
+
+    values = {
+        "distill.params": {"hetcomp": {"K": 10, "dkc_k": 5, "p": 1}},
+        "profile": False,
+        "train.eval_every": 1,
+    }
+    return student_config(teachers, "hetcomp", 4, epochs=2, teacher_of=teacher_of, values=values)
+
+
+def test_hetcomp_learns_from_every_teacher_by_default(teacher_runs, with_trajectories, tmp_path):
+    from recpress.experiments.run import train_run
+
+    _, runs = teacher_runs
+    metrics = train_run(hetcomp_student(runs), tmp_path / "s", progress=False)
+    assert metrics["distill"]["teacher_of"] == {"hetcomp": ["small", "wide"]}
+    assert sorted(with_trajectories) == sorted(runs.values())
+    assert math.isfinite(metrics["valid"]["recall@10"])
+    one = train_run(hetcomp_student(runs, {"hetcomp": ["wide"]}), tmp_path / "o", progress=False)
+    assert one["distill"]["teacher_of"] == {"hetcomp": ["wide"]}
+
+
+def test_multi_teacher_bad_input(teacher_runs, tmp_path):
+    from recpress.experiments.run import train_run
+    from tests.run_dirs.tinyruns import tiny_config, write_pairs
+
+    data_file, runs = teacher_runs
+    with pytest.raises(ConfigError, match="names teacher 'big', but the teachers are: small, wide"):
+        hetcomp_student(runs, {"hetcomp": ["small", "big"]})
+    # a teacher run without trajectories: the command that makes them
+    with pytest.raises(ConfigError, match="recpress trajectories"):
+        train_run(hetcomp_student(runs), tmp_path / "s", progress=False)
+    assert not (tmp_path / "s").exists()  # refused before the run directory exists
+    # a teacher of another split: refused by name, with both fingerprints
+    other = tmp_path / "other"
+    train_run(tiny_config(write_pairs(tmp_path / "o.tsv", n_users=61), epochs=1), other)
+    config = hetcomp_student({**runs, "other": other})
+    with pytest.raises(ConfigError, match=f"teacher {other} was trained on a split") as err:
+        train_run(config, tmp_path / "s2", progress=False)
+    assert err.value.field == "distill.teachers.other"
+    # a single-teacher method given a list
+    from recpress.experiments.config import student_config
+
+    bad = student_config(runs, "rrd", 4, teacher_of={"rrd": ["small", "wide"]})
+    with pytest.raises(ConfigError, match="learns from one"):
+        train_run(bad, tmp_path / "s3", progress=False)
+
+
+def test_cli_hetcomp_with_unnamed_teacher_paths(teacher_runs, with_trajectories, tmp_path, capsys):
+    import yaml
+
+    from recpress.cli import main
+
+    _, runs = teacher_runs
+    out = tmp_path / "cli"
+    argv = ["distill", "--method", "hetcomp", "--dim", "4", "--out", str(out), "--epochs", "1"]
+    argv += ["--teachers", ",".join(str(p) for p in runs.values()), "--model", "bpr"]
+    argv += ["--no-progress", "--set", "profile=false", "--set", "distill.params.hetcomp.K=10"]
+    argv += ["--set", "distill.params.hetcomp.dkc_k=5"]
+    try:
+        main(argv)
+    except SystemExit as exc:
+        assert not exc.code, capsys.readouterr()
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["distill"]["teachers"] == {n: str(p) for n, p in runs.items()}
+    assert cfg["model"]["name"] == "bpr" and cfg["model"]["embedding_dim"] == 4

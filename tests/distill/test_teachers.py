@@ -161,7 +161,9 @@ def test_cli_teachers_and_teacher_of(two_teachers, tmp_path, capsys):
     cfg = yaml.safe_load((out / "config.yaml").read_text())["distill"]
     assert cfg["teachers"] == {"a": str(a), "b": str(b)}
     assert cfg["teacher_of"] == {"rrd": "a", "ftd": "b"}
-    code, text = _cli([*args, "--teachers", f"a={a},b"], capsys)
-    assert code == 2 and "--teachers expects name=value" in text
+    code, text = _cli([*args, "--teachers", f"a={a},b"], capsys)  # b: a path named b
+    assert code == 2 and "teacher b does not exist" in text
+    code, text = _cli([*args, "--teachers", f"a={a},{a}"], capsys)
+    assert code == 2 and "names teacher 'a' twice" in text
     code, text = _cli([*args, "--teacher", str(a), "--teachers", f"a={a}"], capsys)
     assert code == 2 and "give one of --teacher" in text

@@ -22,6 +22,32 @@ def parse_pairs(text: str, option: str) -> dict[str, str]:
     return out
 
 
+def parse_teachers(text: str) -> dict[str, str]:
+    """``"a=P,Q"`` -> ``{"a": "P", "<Q's directory name>": "Q"}``: a path without a name is
+    named after its directory (an .npz after its stem); a name given twice is a ConfigError."""
+    out: dict[str, str] = {}
+    for item in (part.strip() for part in text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            key, value = Path(item.rstrip("/")).stem, item
+        key, value = key.strip(), value.strip()
+        if not item or not key or not value:
+            raise ConfigError(f"--teachers expects path,path or name=path,name=path; got {text!r}")
+        if key in out:
+            raise ConfigError(
+                f"--teachers names teacher {key!r} twice; give distinct names as name=path",
+                field="--teachers",
+            )
+        out[key] = value
+    return out
+
+
+def parse_teacher_of(text: str) -> dict[str, str | list[str]]:
+    """``"rrd=bpr,hetcomp=a+b"`` -> ``{"rrd": "bpr", "hetcomp": ["a", "b"]}``."""
+    pairs = parse_pairs(text, "--teacher-of")
+    return {k: (v.split("+") if "+" in v else v) for k, v in pairs.items()}
+
+
 @app.command()
 def distill(
     method: Annotated[
@@ -35,11 +61,21 @@ def distill(
     ] = None,
     teachers: Annotated[
         str | None,
-        typer.Option(help="Several teachers: name=path,name=path (instead of --teacher)."),
+        typer.Option(
+            help="Several teachers: path,path or name=path,... (a path's name is its directory "
+            "name); instead of --teacher."
+        ),
     ] = None,
     teacher_of: Annotated[
         str | None,
-        typer.Option(help="Which teacher each method term learns from: method=name,..."),
+        typer.Option(
+            help="Which teacher each method term learns from: method=name,...; a multi-teacher "
+            "method takes name+name (default: all teachers)."
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Student model (default: the first teacher run's model)."),
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum passes over the data.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed of the student.")] = None,
@@ -53,7 +89,9 @@ def distill(
     """Distil a student from a teacher: e.g. `--method de+rrd --dim 20`.
 
     Several teachers: --teachers bpr=runs/t1,big=runs/t2 --teacher-of de=big,rrd=bpr
-    (each term learns from its own teacher). Data and training settings default to the
+    (each term learns from its own teacher). HetComp learns from all of them at once:
+    --method hetcomp --teachers runs/bpr,runs/lightgcn,runs/neumf --model bpr (each teacher run
+    needs trajectories, `recpress trajectories`). Data and training settings default to the
     (first) teacher run's; change any with --set, e.g.
     --set distill.weights.de=0.01 --set distill.params.rrd.K=40 --set train.lr=0.001.
     The run directory holds config.yaml (with the distill section), history, the student
@@ -66,7 +104,7 @@ def distill(
 
     if (teacher is None) == (teachers is None):
         raise ConfigError("give one of --teacher PATH or --teachers name=path,name=path")
-    given = teacher if teacher is not None else parse_pairs(teachers, "--teachers")
+    given = teacher if teacher is not None else parse_teachers(teachers)
     values = {"data.dataset": dataset} if dataset else {}
     config = student_config(
         given,
@@ -76,7 +114,8 @@ def distill(
         epochs=epochs,
         assignments=set_ or [],
         values=values,
-        teacher_of=parse_pairs(teacher_of, "--teacher-of") if teacher_of else None,
+        teacher_of=parse_teacher_of(teacher_of) if teacher_of else None,
+        model=model,
     )
     metrics = train_run(config, out, overwrite=overwrite, progress=progress)
     profile_after(config, out, metrics)

@@ -59,6 +59,10 @@ class Distiller(nn.Module):
     def prepare(self, teacher: Recommender, split: Split, knowledge=None) -> None:
         """Precompute teacher knowledge; create auxiliary modules."""
 
+    def check_teachers(self, knowledge) -> None:
+        """Raise ConfigError if the teacher(s) cannot serve this method (called before the run
+        directory exists, after the ``requires`` check); default: nothing more to check."""
+
     def on_epoch_start(self, student: Recommender, epoch: int, generator: torch.Generator) -> None:
         """Per-epoch sampling; default: nothing."""
 

@@ -514,6 +514,13 @@ class HetComp(Distiller):
         self.teacher_epochs.append(epochs)
         return lists[:, :, : self.K].to(torch.int32)
 
+    def check_teachers(self, knowledge) -> None:
+        """Every teacher has trajectories of this split with the checkpoints and K asked."""
+        teachers = list(knowledge) if isinstance(knowledge, (list, tuple)) else [knowledge]
+        for i, k in enumerate(teachers):
+            self._teacher_lists(k, i)
+        self.teacher_epochs = []
+
     def prepare(self, teacher: Recommender | None, split: Split, knowledge=None) -> None:
         if knowledge is None:
             raise ConfigError("method 'hetcomp' needs teacher knowledge (trajectories)")

@@ -264,16 +264,18 @@ class Knowledge:
         Trajectories`: ``epochs`` ascending, ``lists`` (C, n_users, K) int32), read once from the
         run directory. ConfigError when the teacher has none or they belong to another split."""
         if self._trajectories is None:
-            if self.run_dir is None:
-                who = f"method {needed_by!r}" if needed_by else "this method"
+            who = f"method {needed_by!r}" if needed_by else "this method"
+            try:
+                from recpress.runs import read_trajectories
+            except ImportError:  # a build without trajectory support
+                read_trajectories = None
+            if self.run_dir is None or read_trajectories is None:
                 raise ConfigError(
                     f"{who} needs the teacher's trajectories (per-user top-K lists kept at "
-                    f"several training epochs), but the teacher given ({self.source or 'lists'}) "
-                    "has none; give a teacher run directory and make them with `recpress "
-                    "trajectories RUN --epochs E1,E2,...`"
+                    f"several training epochs), but the teacher given "
+                    f"({self.run_dir or self.source or 'lists'}) has none; give a teacher run "
+                    "directory and make them with `recpress trajectories RUN --epochs E1,E2,...`"
                 )
-            from recpress.runs import read_trajectories
-
             self._trajectories = read_trajectories(self.run_dir)
         traj = self._trajectories
         fp = getattr(traj, "fingerprint", None)

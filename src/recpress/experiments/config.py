@@ -47,7 +47,9 @@ class DistillConfig(BaseModel):
     :mod:`recpress.distill.teachers`). The single form ``teacher: PATH`` means
     ``teachers: {teacher: PATH}`` and is how such a config is dumped, so configs stored by older
     versions stay the same. ``teacher_of``: method term -> teacher name; a term not listed uses
-    the only teacher (with several teachers every term must be listed). ``method``: a
+    the only teacher (with several teachers every term must be listed). A multi-teacher term
+    (HetComp) takes a list of names and defaults to every teacher, in ``teachers`` order.
+    ``method``: a
     registered method or a composition such as ``de+rrd``; ``none`` trains a plain student the
     same way. ``weights``: λ per method (missing → the method's default, docs/methods.md §4.0); each
     method's loss is reduced with its own ``reduction`` parameter (sum by default, as the
@@ -59,7 +61,7 @@ class DistillConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     teachers: dict[str, str]
-    teacher_of: dict[str, str] = Field(default_factory=dict)
+    teacher_of: dict[str, str | list[str]] = Field(default_factory=dict)
     method: str = "none"
     weights: dict[str, float] = Field(default_factory=dict)
     params: dict[str, dict[str, Any]] = Field(default_factory=dict)
@@ -97,11 +99,17 @@ class DistillConfig(BaseModel):
     @model_validator(mode="after")
     def _known_teachers(self) -> DistillConfig:
         names = ", ".join(self.teachers)
-        for term, name in self.teacher_of.items():
-            if name not in self.teachers:
-                raise ValueError(
-                    f"teacher_of.{term} names teacher {name!r}, but the teachers are: {names}"
-                )
+        for term, given in self.teacher_of.items():
+            listed = [given] if isinstance(given, str) else list(given)
+            if not listed:
+                raise ValueError(f"teacher_of.{term} is an empty list; name teachers from: {names}")
+            for name in listed:
+                if name not in self.teachers:
+                    raise ValueError(
+                        f"teacher_of.{term} names teacher {name!r}, but the teachers are: {names}"
+                    )
+            if len(set(listed)) != len(listed):
+                raise ValueError(f"teacher_of.{term} names a teacher twice: {listed}")
         return self
 
     @model_serializer(mode="wrap")
@@ -121,7 +129,16 @@ class DistillConfig(BaseModel):
     def teacher_for(self, term: str) -> str:
         """Name of the teacher of method term `term` (ConfigError when ambiguous)."""
         if term in self.teacher_of:
-            return self.teacher_of[term]
+            given = self.teacher_of[term]
+            if isinstance(given, str):
+                return given
+            if len(given) == 1:
+                return given[0]
+            raise ConfigError(
+                f"teacher_of.{term} lists {len(given)} teachers ({', '.join(given)}), but "
+                f"method {term!r} learns from one; name one of them",
+                field=f"distill.teacher_of.{term}",
+            )
         if len(self.teachers) == 1:
             return next(iter(self.teachers))
         raise ConfigError(
@@ -129,6 +146,14 @@ class DistillConfig(BaseModel):
             f"{', '.join(self.teachers)}; set distill.teacher_of.{term} to one of them",
             field=f"distill.teacher_of.{term}",
         )
+
+    def teachers_for(self, term: str) -> list[str]:
+        """Names of the teachers of a multi-teacher term: its ``teacher_of`` entry (one name or
+        a list), default every teacher in ``teachers`` order."""
+        given = self.teacher_of.get(term)
+        if given is None:
+            return list(self.teachers)
+        return [given] if isinstance(given, str) else list(given)
 
 
 class RunConfig(BaseModel):
@@ -201,12 +226,14 @@ def student_config(
     epochs: int | None = None,
     assignments: list[str] | None = None,
     values: dict[str, Any] | None = None,
-    teacher_of: dict[str, str] | None = None,
+    teacher_of: dict[str, str | list[str]] | None = None,
+    model: str | None = None,
 ) -> RunConfig:
     """The run config of a student distilled from `teacher` (a path, or name -> path).
 
-    Data and train sections (and the model name) come from the (first) teacher run's
-    config.yaml; the student's width is `dim`. ``teacher_of`` maps method terms to teacher names.
+    Data and train sections (and the model, unless `model` names another one, which then takes
+    its own defaults) come from the (first) teacher run's config.yaml; the student's width is
+    `dim`. ``teacher_of`` maps method terms to teacher names (a list for a multi-teacher term).
     ``assignments`` are ``--set`` strings, ``values`` parsed values by dotted key; both are
     applied last. Raises ConfigError on any bad input.
     """
@@ -240,6 +267,8 @@ def student_config(
         tdata = load_yaml(tpath / "config.yaml")
         data = {k: tdata[k] for k in ("data", "train") if k in tdata}
         data["model"] = dict(tdata.get("model", {}))
+    if model is not None and data.get("model", {}).get("name") != model:
+        data["model"] = {"name": model}
     data.setdefault("model", {})["embedding_dim"] = int(dim)
     train = data.setdefault("train", {})
     if seed is not None:

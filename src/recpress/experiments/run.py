@@ -57,7 +57,8 @@ def load_teachers(config: RunConfig, split: Split) -> dict[str, Knowledge]:
 
 
 def _bind_teachers(config: RunConfig, distillers, knowledge: dict[str, Knowledge]) -> list:
-    """The Knowledge of each configured distiller's own teacher, in distiller order."""
+    """The Knowledge of each configured distiller's own teacher, in distiller order (a list of
+    Knowledge for a multi-teacher distiller)."""
     cfg_d = config.distill
     terms = [d.name for d, _ in distillers]
     unused = sorted(set(cfg_d.teacher_of) - set(terms))
@@ -67,7 +68,20 @@ def _bind_teachers(config: RunConfig, distillers, knowledge: dict[str, Knowledge
             f"not use; its terms: {', '.join(terms) or '(none)'}",
             field="distill.teacher_of",
         )
-    return [knowledge[cfg_d.teacher_for(term)] for term in terms]
+    out: list = []
+    for d, _ in distillers:
+        if d.multi_teacher:
+            out.append([knowledge[name] for name in cfg_d.teachers_for(d.name)])
+        else:
+            out.append(knowledge[cfg_d.teacher_for(d.name)])
+    return out
+
+
+def _teachers_of(config: RunConfig, distiller) -> str | list[str]:
+    """The teacher name(s) a configured distiller learns from, for metrics.json."""
+    if distiller.multi_teacher:
+        return config.distill.teachers_for(distiller.name)
+    return config.distill.teacher_for(distiller.name)
 
 
 def train_run(
@@ -103,6 +117,7 @@ def train_run(
         bound = _bind_teachers(config, configured, teachers)
         for (d, w), k in zip(configured, bound, strict=True):
             check_requires([(d, w)], k)
+            d.check_teachers(k)  # e.g. HetComp: every teacher has trajectories
         # extra distillers (given by code) learn from the first teacher
         bound += [next(iter(teachers.values()))] * len(distillers)
         n_configured = len(configured)
@@ -162,7 +177,7 @@ def _prepare_distillation(
     cfg_d = config.distill
     device = resolve_device(config.train.device)
     t0 = time.perf_counter()
-    used = {id(k) for k in bound}
+    used = {id(k) for b in bound for k in (b if isinstance(b, list) else [b])}
     for knowledge in teachers.values():
         knowledge.to(device)
         if id(knowledge) in used and knowledge.teacher is not None:
@@ -176,9 +191,7 @@ def _prepare_distillation(
     if cfg_d.teacher is not None:  # one teacher: the record of every earlier version
         out["teacher"] = teacher_info(cfg_d.teacher)
     else:
-        info["teacher_of"] = {
-            d.name: cfg_d.teacher_for(d.name) for d, _ in distillers[:n_configured]
-        }
+        info["teacher_of"] = {d.name: _teachers_of(config, d) for d, _ in distillers[:n_configured]}
         out["teachers"] = {name: teacher_info(path) for name, path in cfg_d.teachers.items()}
     out["prepare_seconds"] = round(prepare_seconds, 3)
     out["knowledge_lists_computed"] = int(sum(k.computed for k in teachers.values()))

@@ -68,7 +68,7 @@ def student_run_config(cfg: SweepConfig, sweep_dir: Path, dim: int, method: str,
             kd["teacher"] = str(teacher_path(cfg, sweep_dir, "teacher").resolve())
         else:
             mapping = teacher_of(cfg, method)
-            used = sorted(set(mapping.values()))
+            used = sorted({n for v in mapping.values() for n in ([v] if isinstance(v, str) else v)})
             kd["teachers"] = {n: str(teacher_path(cfg, sweep_dir, n).resolve()) for n in used}
             kd["teacher_of"] = mapping
         distill = DistillConfig(**kd)

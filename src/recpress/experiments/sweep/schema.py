@@ -60,8 +60,10 @@ class ArmSpec(BaseModel):
     method: str
     weights: dict[str, float] = Field(default_factory=dict)
     params: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    teacher_of: dict[str, str] = Field(
-        default_factory=dict, description="method term -> teacher name (overrides the grid's)"
+    teacher_of: dict[str, str | list[str]] = Field(
+        default_factory=dict,
+        description="method term -> teacher name, or names for a multi-teacher term (overrides "
+        "the grid's)",
     )
 
 
@@ -86,9 +88,10 @@ class StudentsSpec(BaseModel):
     params: dict[str, dict[str, Any]] = Field(default_factory=dict)
     topn: int = Field(500, ge=1)
     arms: dict[str, ArmSpec] = Field(default_factory=dict)
-    teacher_of: dict[str, str] = Field(
+    teacher_of: dict[str, str | list[str]] = Field(
         default_factory=dict,
-        description="method term -> name under `teachers` (needed for every term with several)",
+        description="method term -> name under `teachers` (needed for every term with several); "
+        "a multi-teacher term (hetcomp) takes a list and defaults to every teacher",
     )
 
     @field_validator("dims")
@@ -350,11 +353,12 @@ def method_settings(
     return base_method, weights, params
 
 
-def teacher_of(cfg: SweepConfig, method: str) -> dict[str, str]:
+def teacher_of(cfg: SweepConfig, method: str) -> dict[str, str | list[str]]:
     """Method term -> teacher name of a grid method or arm (the grid's ``teacher_of``, then the
-    arm's); empty with a single teacher. ValueError if a term lacks a teacher or names an
-    unknown one."""
-    from recpress.distill.registry import parse_method
+    arm's); empty with a single teacher. A multi-teacher term (HetComp) maps to a list of names,
+    by default every teacher in ``teachers`` order. ValueError if a term lacks a teacher or
+    names an unknown one."""
+    from recpress.distill.registry import DISTILLERS, parse_method
 
     s = cfg.students
     arm = s.arms.get(method)
@@ -366,6 +370,25 @@ def teacher_of(cfg: SweepConfig, method: str) -> dict[str, str]:
     names = sorted(cfg.teachers)
     for term in terms:
         name = mapping.get(term)
+        if DISTILLERS[term].multi_teacher:
+            listed = (
+                list(cfg.teachers) if name is None else [name] if isinstance(name, str) else name
+            )
+            unknown = [n for n in listed if n not in cfg.teachers]
+            if unknown or not listed:
+                raise ValueError(
+                    f"method {method!r}: teachers {unknown or listed} of {term!r} are not in "
+                    f"{names}"
+                )
+            mapping[term] = list(listed)
+            continue
+        if isinstance(name, list):
+            if len(name) != 1:
+                raise ValueError(
+                    f"method {method!r}: term {term!r} learns from one teacher, but teacher_of "
+                    f"lists {name}"
+                )
+            name = name[0]
         if name is None and len(names) > 1:
             raise ValueError(
                 f"method {method!r}: term {term!r} has no teacher; with several teachers give "

@@ -126,6 +126,13 @@ def main(argv=None) -> dict:
                 test="Welch two-sample t-test (two-sided) and |delta| < 2 fp32 std"
                 if len(low) >= 2 else "one bf16 seed: only |delta| < 2 fp32 std",
             )  # fmt: skip
+        same = {
+            f"seed {sd}": v[0] - fp32[key][f"report seed {sd}"]
+            for sd, v in sorted(bf16[key].items())
+            if f"report seed {sd}" in fp32.get(key, {})
+        }
+        if same:  # same seed: same initialisation and draws, only the arithmetic differs
+            cell["same_seed_delta"] = same
         cells.append(cell)
         print(json.dumps(cell))
     out = {"benchmark": "expert_bf16", "metric": f"test {METRIC} (last epoch)", "cells": cells}

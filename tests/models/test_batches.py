@@ -94,3 +94,17 @@ def test_distilling_into_a_user_batch_student_is_refused(name):
         check_student(make_distillers("rd"), student)
     assert repr(name) in str(err.value) and "teacher" in str(err.value)
     check_student([], student)  # no distillation: fine
+
+
+def test_a_student_config_from_a_user_batch_teacher_needs_another_model(tmp_path):
+    from recpress.errors import ConfigError
+    from recpress.experiments.config import student_config
+
+    (tmp_path / "config.yaml").write_text("model: {name: multvae}\ntrain: {batch_size: 128}\n")
+    with pytest.raises(ConfigError, match="can be a teacher but not a student") as err:
+        student_config(tmp_path, "rd", 8)
+    assert "--model bpr" in str(err.value)
+    with pytest.raises(ConfigError, match="--model"):
+        student_config(tmp_path, "rd", 8, model="cdae")
+    config = student_config(tmp_path, "rd", 8, model="bpr")
+    assert config.model.name == "bpr" and config.model.params["embedding_dim"] == 8

@@ -218,6 +218,25 @@ def set_values(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
+def _check_student_model(name: str | None, teacher: Path | None, given: str | None) -> None:
+    """ConfigError when the student would be a user-batch model (Mult-VAE, CDAE): the
+    distillation losses need triplet batches (docs/methods.md §3.4)."""
+    from recpress.models import MODELS
+
+    cls = MODELS.get(name or "")
+    if cls is None or cls.batch_kind == "triplets":
+        return
+    where = "--model" if given is not None else f"the teacher run {teacher}"
+    raise ConfigError(
+        f"the student model would be {name!r} ({where}), which trains on batches of whole user "
+        "rows; the distillation losses are defined on (user, positive, negative) triplets, so "
+        f"{name!r} can be a teacher but not a student. Pass --model bpr (or lightgcn, neumf, "
+        "cml), and the student's train settings (the teacher's are inherited: e.g. --set "
+        "train.batch_size=1024 --set train.reduction_base=sum)",
+        field="--model",
+    )
+
+
 def student_config(
     teacher: str | Path | dict[str, str | Path],
     method: str,
@@ -269,6 +288,7 @@ def student_config(
         data["model"] = dict(tdata.get("model", {}))
     if model is not None and data.get("model", {}).get("name") != model:
         data["model"] = {"name": model}
+    _check_student_model(data.get("model", {}).get("name"), tpath, model)
     data.setdefault("model", {})["embedding_dim"] = int(dim)
     train = data.setdefault("train", {})
     if seed is not None:

@@ -66,6 +66,7 @@ def time_model(name: str, split, dim: int, epochs: int, seed: int = 0) -> dict:
         "model": name,
         "params": config.params,
         "batch_kind": model.batch_kind,
+        "torch_threads": torch.get_num_threads(),
         "train": settings,
         "parameters": model.num_parameters(),
         "seconds_per_epoch": statistics.median(seconds),

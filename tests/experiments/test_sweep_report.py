@@ -161,6 +161,9 @@ def test_report_fixed_epoch_and_tests_vs_the_best_method(finished_sweep, tmp_pat
     assert "vs_best" not in numbers["paired_tests"].get(f"4/{best}", {})
     assert "| at epoch 1 |" in md and f"Δ vs best ({best})" in md
     assert "selected / last epoch per seed" in md and "/2 |" in md
+    teacher = numbers["table"]["None/teacher"]["fixed_epochs"]["mean"]
+    share = 100 * numbers["table"][f"4/{best}"]["fixed_epochs"]["mean"] / teacher
+    assert "% of teacher (fixed epochs (last))" in md and f"| {share:.1f}% |" in md
     with pytest.raises(ValueError, match="needs report.fixed_epoch"):
         SweepConfig.model_validate({"report": {"selections": ["fixed_epoch"]}})
 

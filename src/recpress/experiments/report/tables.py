@@ -398,6 +398,9 @@ def _student_table(r: _Report, dim: int) -> list[str]:
     if reference:
         epoch = reference.log.epochs[-1]
         header += [f"authors' log (ep. {epoch})", "not below log? (one-sided t-test)"]
+    teacher = table.get((None, "teacher"), {}).get(sels[0])
+    if teacher:
+        header += [f"% of teacher ({selection_label(sels[0], fixed_epoch)})"]
     header += ["s/epoch", "aux params"]
     md += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     best = {
@@ -430,6 +433,9 @@ def _student_table(r: _Report, dim: int) -> list[str]:
             cells.append(", ".join(e.get("stopping") or ["—"]))
         if reference:
             cells += _log_cells(r, dim, m, e.get("fixed_epochs"))
+        if teacher:
+            ours = e.get(sels[0])
+            cells.append(f"{100 * ours['mean'] / teacher['mean']:.1f}%" if ours else "—")
         cells += [f"{e['seconds_per_epoch']:.3f}", f"{e['aux_parameters']:,}"]
         md.append("| " + " | ".join(cells) + " |")
     return md + [""]

@@ -117,7 +117,12 @@ def train(
 
 
 def profile_after(run_config, out: Path, metrics: dict) -> None:
-    """Measure the efficiency profile of a just-finished run when its config asks for it."""
+    """Measure the efficiency profile of a just-finished run when its config asks for it (once:
+    by rank 0 under torchrun)."""
+    from recpress.training import distributed
+
+    if not distributed.info().is_main:
+        return
     if run_config.profile and "profile" not in metrics:
         from recpress.serving.profile import profile_run
 
@@ -125,6 +130,10 @@ def profile_after(run_config, out: Path, metrics: dict) -> None:
 
 
 def _print_metrics(metrics: dict, title: str) -> None:
+    from recpress.training import distributed
+
+    if not distributed.info().is_main:  # under torchrun: printed once
+        return
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("valid", justify="right")

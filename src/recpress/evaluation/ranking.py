@@ -160,6 +160,7 @@ def evaluate(
     metrics: Sequence[str] = METRICS,
     per_user: bool = False,
     device: torch.device | str | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> EvalResult:
     """Full-ranking top-K evaluation of `model` on `split`'s `phase` part.
 
@@ -191,6 +192,9 @@ def evaluate(
         per_user: also return per-user arrays (for paired tests).
         device: where user ids and masks live; default the model's parameter device (cpu for a
             callable). The model itself is not moved.
+        shard: (rank, world): evaluate only the rank's contiguous part of the evaluated users
+            (sizes differ by at most one); the metrics are then that part's means. Distributed
+            training gathers the parts (`recpress.training.distributed.evaluate`).
 
     Returns:
         An `EvalResult`.
@@ -217,6 +221,11 @@ def evaluate(
     n_train_all = np.diff(split.train.indptr)
     has_tgt = n_tgt_all > 0
     users = np.flatnonzero(has_tgt & (n_train_all > 0)).astype(np.int64)
+    if tuple(shard) != (0, 1):
+        rank, world = int(shard[0]), int(shard[1])
+        if world < 1 or not 0 <= rank < world:
+            raise ValueError(f"shard must be (rank, world) with 0 <= rank < world, got {shard}")
+        users = users[len(users) * rank // world : len(users) * (rank + 1) // world]
     n_eval = len(users)
     names = [metric_name(m, k) for m in metrics for k in ks]
     result_kwargs = dict(

@@ -31,7 +31,7 @@ from recpress.runs import (
     read_json,
     write_json,
 )
-from recpress.training import Trainer
+from recpress.training import Trainer, distributed
 from recpress.training.trainer import resolve_device
 
 
@@ -123,17 +123,26 @@ def train_run(
         n_configured = len(configured)
         distillers = configured + distillers
         check_student(distillers, model)  # representation methods need student embeddings
-    state = prepare_run_dir(
-        out, config.to_yaml(), overwrite=overwrite, normalise=normalise_run_yaml
+    # under torchrun only rank 0 writes the run directory; the others wait for it
+    rank = distributed.setup(config.train.device)
+    state = distributed.on_main(
+        lambda: prepare_run_dir(
+            out, config.to_yaml(), overwrite=overwrite, normalise=normalise_run_yaml
+        )
     )
     if state == "finished":
         return read_json(out / METRICS)
-    write_json(out / SPLIT, split_record(split))
+    if rank.is_main:
+        write_json(out / SPLIT, split_record(split))
     extra_metrics = dict(extra_metrics or {})
     if config.distill is not None:
+        if not rank.is_main:  # rank 0 first: the others then read its cached teacher lists
+            distributed.barrier()
         extra_metrics.update(
             _prepare_distillation(config, model, split, teachers, bound, distillers, n_configured)
         )
+        if rank.enabled and rank.is_main:
+            distributed.barrier()
     started = time.perf_counter()
     result = Trainer(config.train).fit(
         model, split, distillers=distillers, run_dir=out, progress=progress
@@ -153,14 +162,19 @@ def train_run(
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
     }
+    if rank.enabled:  # absent from single-process runs, as before
+        metrics["processes"] = rank.world
+        metrics["backend"] = rank.backend
     if config.distill is not None:
         aux = int(sum(d.num_aux_parameters() for d, _ in distillers))
         metrics["aux_parameters"] = aux
         metrics["training_parameters"] = model.num_parameters() + aux
     if extra_metrics:
         metrics.update(extra_metrics)
-    write_json(out / METRICS, metrics)
-    (out / CHECKPOINT).unlink(missing_ok=True)
+    if rank.is_main:
+        write_json(out / METRICS, metrics)
+        (out / CHECKPOINT).unlink(missing_ok=True)
+    distributed.barrier()  # every rank returns once the run is marked finished
     return metrics
 
 

@@ -17,7 +17,9 @@ class TrainConfig(BaseModel):
     tables as one compiled kernel (see `LazyAdam`). ``selection``: "best_valid" keeps the epoch
     with the best validation ``selection_metric`` (one epoch for all K) and stops after
     ``patience`` evaluations without improvement; "fixed_epochs" trains all epochs and keeps the
-    final weights (reproduces the Topology Distillation log).
+    final weights (reproduces the Topology Distillation log). ``amp="bf16"`` runs each batch's
+    forward pass (student and distillers) under bfloat16 autocast; "off" (default) keeps float32.
+    Under torchrun ``batch_size`` is the global batch (docs/distributed.md).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -40,6 +42,9 @@ class TrainConfig(BaseModel):
     seed: int = 0
     device: str = "auto"
     checkpoint_every: int = Field(1, ge=1, description="epochs between resume checkpoints")
+    amp: Literal["off", "bf16"] = Field(
+        "off", description="autocast the training forward pass to bfloat16 (docs/distributed.md)"
+    )
 
     @field_validator("ks")
     @classmethod

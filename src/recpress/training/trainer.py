@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import json
@@ -12,21 +13,24 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
 from recpress.data.types import Split
+from recpress.errors import ConfigError
 from recpress.fileio import atomic_write_bytes
 from recpress.models.base import Recommender
 from recpress.runs import AUX_WEIGHTS, CHECKPOINT, HISTORY, WEIGHTS  # noqa: F401 (names kept here)
+from recpress.training import distributed
 from recpress.training.config import TrainConfig
 from recpress.training.objective import TrainingObjective
 from recpress.training.optim import make_optimizer
 
 
 def resolve_device(device: str) -> torch.device:
-    """ "auto" → CUDA when present, else CPU."""
+    """ "auto" → CUDA when present, else CPU; under torchrun on CUDA, this rank's card."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return distributed.local_device(torch.device(device))
 
 
 def save_weights(module: torch.nn.Module, path: Path) -> None:
@@ -85,15 +89,21 @@ class Trainer:
         progress: bool = True,
         on_evaluation: Callable[[int, dict], None] | None = None,
     ) -> FitResult:
-        from recpress.evaluation import evaluate
+        from recpress.training.distributed import evaluate  # sharded over ranks under torchrun
 
         cfg = self.config
+        rank = distributed.setup(cfg.device)
         device = resolve_device(cfg.device)
+        batch_size = _rank_batch_size(cfg.batch_size, rank.world)
+        # every rank draws the same numbers from the same generator (same permutation, same
+        # distiller samples); each then trains on its own shard of the epoch
         generator = torch.Generator(device="cpu").manual_seed(cfg.seed)
         if not model.is_built:
             model.build(split, generator=generator)
         objective = TrainingObjective(model, distillers, reduction=cfg.reduction_base)
         objective.to(device)
+        step_loss = _wrap_distributed(objective, rank, device, cfg.reduction_base)
+        autocast = _autocast(cfg.amp, device)
         params = list(objective.parameters())  # the student's, then each distiller's
         optimizer = make_optimizer(
             cfg.optimizer, params, cfg.lr, cfg.weight_decay, fused=cfg.fused_optimizer
@@ -101,8 +111,11 @@ class Trainer:
         flush = getattr(optimizer, "flush", None)
 
         run_path = Path(run_dir) if run_dir is not None else None
-        if run_path is not None:
+        if run_path is not None and rank.is_main:
             run_path.mkdir(parents=True, exist_ok=True)
+        distributed.barrier()  # every rank sees rank 0's directory (and its checkpoint)
+        # only rank 0 writes the run directory; every rank reads the checkpoint to resume
+        write_path = run_path if rank.is_main else None
         history: list[dict] = []
         start_epoch = 0
         best = {"epoch": -1, "value": -float("inf"), "valid": {}, "test": {}, "bad_evals": 0}
@@ -122,7 +135,7 @@ class Trainer:
             train_seconds = float(ckpt.get("train_seconds", 0.0))
             model.to(device)
 
-        bar = _Progress(cfg.epochs, enabled=progress, start=start_epoch)
+        bar = _Progress(cfg.epochs, enabled=progress and rank.is_main, start=start_epoch)
         stop = best["bad_evals"] >= (cfg.patience or 10**9) and cfg.selection == "best_valid"
         epoch = start_epoch - 1
         try:
@@ -134,13 +147,18 @@ class Trainer:
                 for d, _ in distillers:
                     d.on_epoch_start(model, epoch, generator)
                 total = torch.zeros((), device=device)
-                for batch in model.epoch_batches(split, generator, cfg.batch_size, device):
-                    loss = objective(batch, epoch)
+                batches = model.epoch_batches(split, generator, batch_size, device, rank.shard)
+                for batch in batches:
+                    with autocast:
+                        loss = step_loss(batch, epoch)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     optimizer.step()
                     model.post_step(batch)
-                    total += loss.detach()
+                    total += loss.detach()  # stays on the device: no host sync per batch
+                if rank.enabled:  # the global batch's loss (each rank's loss was scaled by
+                    # W for a summed base loss, and is a 1/W share of the mean for a mean)
+                    total = distributed.all_reduce_sum(total) / rank.world
                 for d, _ in distillers:
                     d.on_epoch_end(epoch)
                 is_last = epoch == cfg.epochs - 1
@@ -176,8 +194,8 @@ class Trainer:
                         best_state = {
                             k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()
                         }
-                        if run_path is not None:
-                            save_weights(model, run_path / WEIGHTS)
+                        if write_path is not None:
+                            save_weights(model, write_path / WEIGHTS)
                     else:
                         best["bad_evals"] += 1
                         if cfg.patience is not None and best["bad_evals"] >= cfg.patience:
@@ -186,12 +204,12 @@ class Trainer:
                         on_evaluation(epoch, row)
                 history.append(row)
                 bar.update(epoch, row, best)
-                if run_path is not None and (
+                if write_path is not None and (
                     (epoch + 1) % cfg.checkpoint_every == 0 or is_last or stop
                 ):
-                    self._write_history(run_path, history)
+                    self._write_history(write_path, history)
                     self._checkpoint(
-                        run_path,
+                        write_path,
                         epoch,
                         model,
                         optimizer,
@@ -259,6 +277,59 @@ class Trainer:
             "train_seconds": train_seconds,
         }
         atomic_write_bytes(run_path / CHECKPOINT, lambda p: torch.save(state, p))
+
+
+def _rank_batch_size(batch_size: int, world: int) -> int:
+    """Triples per step on each rank: ``train.batch_size`` is the global batch."""
+    if batch_size % world:
+        raise ConfigError(
+            f"train.batch_size {batch_size} is the global batch, split evenly over {world} "
+            f"processes: make it a multiple of {world}",
+            field="train.batch_size",
+        )
+    return batch_size // world
+
+
+def _wrap_distributed(
+    objective: TrainingObjective, rank: distributed.DistInfo, device: torch.device, reduction: str
+) -> Callable:
+    """``step_loss(batch, epoch) -> loss to backpropagate``: the objective itself in one
+    process; under torchrun the objective wrapped in DistributedDataParallel.
+
+    DDP averages the ranks' gradients. With a summed base loss each rank's loss is scaled by
+    W, so the applied gradient is the sum over ranks: the gradient of the global batch's sum.
+    With a mean the average of the equal-size per-rank means is already the global mean.
+    """
+    if not rank.enabled:
+        return objective
+    from torch.nn.parallel import DistributedDataParallel
+
+    if rank.backend == "nccl":  # NCCL reduces dense gradients only: embeddings go dense
+        for module in objective.modules():
+            if isinstance(module, nn.Embedding):
+                module.sparse = False
+    # buffers are built identically on every rank from the shared seed: never broadcast
+    buffers = [name for name, _ in objective.named_buffers()]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(objective, buffers)
+    ddp = DistributedDataParallel(
+        objective,
+        device_ids=[device.index] if device.type == "cuda" else None,
+        find_unused_parameters=len(objective.distillers) > 0,
+    )
+    scale = rank.world if reduction == "sum" else 1
+
+    def step_loss(batch, epoch: int) -> torch.Tensor:
+        loss = ddp(batch, epoch)
+        return loss * scale if scale != 1 else loss
+
+    return step_loss
+
+
+def _autocast(amp: str, device: torch.device):
+    """The autocast context of ``train.amp``: bf16 on the model's device, or a no-op."""
+    if amp == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def _to_cpu(obj):

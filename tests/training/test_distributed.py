@@ -1,0 +1,164 @@
+"""Data-parallel training with 2 gloo processes on loopback (the torchrun environment, spawned).
+
+Each worker is one rank: it trains BPR-MF on a generated clustered split through the same
+`Trainer.fit` as one process, with ``RANK``/``WORLD_SIZE``/... set as torchrun sets them. The
+test then checks what the ranks report: only rank 0 wrote the run directory, both ranks hold
+the same weights, the distributed evaluation equals a one-process evaluation of those weights,
+an interrupted run resumes to the uninterrupted result, and the 2-process run lands at the
+1-process accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+
+from recpress.evaluation import evaluate
+from recpress.models import BPRMF
+from recpress.training import TrainConfig, Trainer
+from tests.models.clustered import clustered_split
+
+pytestmark = pytest.mark.skipif(
+    not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed gloo"
+)
+
+WORLD = 2
+KS = [10, 20]
+
+
+def _split():
+    return clustered_split(n_users=240, n_items=300, groups=3, per_user=10, seed=1)
+
+
+def _config(**kw) -> TrainConfig:
+    base = dict(
+        epochs=4,
+        lr=0.02,
+        weight_decay=0.0,
+        batch_size=128,  # the global batch: 64 per rank
+        eval_every=1,
+        patience=None,
+        ks=KS,
+        selection_metric="recall@20",
+        seed=5,
+        device="cpu",
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _worker(rank: int, port: int, out: str) -> None:
+    """One rank: a 4-epoch run, and a run interrupted after 2 epochs then resumed."""
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(1)
+    import recpress.training.trainer as trainer_module
+    from recpress.training import distributed
+
+    writes: list[str] = []
+    real_write = trainer_module.atomic_write_bytes
+
+    def counting_write(path, fn):
+        writes.append(Path(path).name)
+        return real_write(path, fn)
+
+    trainer_module.atomic_write_bytes = counting_write
+    root = Path(out)
+    split = _split()
+    model = BPRMF(8)
+    result = Trainer(_config()).fit(model, split, run_dir=root / "run", progress=False)
+    sharded = distributed.evaluate(model, split, ks=KS, phase="test", per_user=True)
+    resumed = BPRMF(8)
+    Trainer(_config(epochs=2)).fit(resumed, split, run_dir=root / "resumed", progress=False)
+    Trainer(_config()).fit(resumed, split, run_dir=root / "resumed", progress=False)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, root / f"w{rank}.st")
+    save_file({k: v.contiguous() for k, v in resumed.state_dict().items()}, root / f"r{rank}.st")
+    report = {
+        "writes": writes,
+        "test": result.test,
+        "losses": [row["loss"] for row in result.history],
+        "sharded": sharded.metrics,
+        "sharded_users": sharded.users.tolist(),
+    }
+    (root / f"rank{rank}.json").write_text(json.dumps(report))
+    distributed.barrier()  # no rank leaves the group while the other still talks to it
+    distributed.teardown()
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> tuple[Path, list[dict]]:
+    out = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
+    return out, [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
+
+
+def test_only_rank_0_writes_the_run_directory(ranks):
+    out, reports = ranks
+    assert {"model.safetensors", "history.csv", "checkpoint.pt"} <= set(reports[0]["writes"])
+    assert reports[1]["writes"] == []
+    assert (out / "run" / "model.safetensors").is_file()
+
+
+def test_ranks_end_with_the_same_weights_and_losses(ranks):
+    out, reports = ranks
+    w0, w1 = load_file(str(out / "w0.st")), load_file(str(out / "w1.st"))
+    for name, value in w0.items():
+        torch.testing.assert_close(w1[name], value, rtol=0, atol=1e-6)
+    assert reports[0]["losses"] == pytest.approx(reports[1]["losses"], rel=1e-6)
+    assert reports[0]["test"] == pytest.approx(reports[1]["test"], abs=1e-12)
+
+
+def test_distributed_evaluation_equals_one_process(ranks):
+    out, reports = ranks
+    split = _split()
+    model = BPRMF(8).build(split)
+    model.load_state_dict(load_file(str(out / "w0.st")))
+    single = evaluate(model, split, ks=KS, phase="test")
+    for report in reports:
+        assert report["sharded_users"] == single.users.tolist()
+        for name, value in single.metrics.items():
+            assert report["sharded"][name] == pytest.approx(value, rel=1e-9, abs=1e-12)
+    # the selected weights (saved by rank 0) are the ones the reported test metrics come from
+    best = BPRMF(8).build(split)
+    best.load_state_dict(load_file(str(out / "run" / "model.safetensors")))
+    best_metrics = evaluate(best, split, ks=KS, phase="test").metrics
+    assert reports[0]["test"] == pytest.approx(best_metrics, abs=1e-9)
+
+
+def test_interrupted_distributed_run_resumes_to_the_same_weights(ranks):
+    out, _ = ranks
+    straight, resumed = load_file(str(out / "w0.st")), load_file(str(out / "r0.st"))
+    for name, value in straight.items():
+        torch.testing.assert_close(resumed[name], value, rtol=0, atol=1e-6)
+
+
+def test_two_processes_reach_the_one_process_accuracy(ranks):
+    _, reports = ranks
+    torch.set_num_threads(1)
+    split = _split()
+    one = Trainer(_config()).fit(BPRMF(8), split, progress=False)
+    two = reports[0]["test"]
+    random_recall = 20 / split.n_items
+    assert one.test["recall@20"] > 2 * random_recall  # both learn the structure ...
+    for name in ("recall@20", "ndcg@20"):  # ... equally well
+        assert abs(two[name] - one.test[name]) < 0.08, (name, two[name], one.test[name])
+    assert np.isfinite(reports[0]["losses"]).all()

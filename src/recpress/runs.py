@@ -11,6 +11,8 @@ Layout of a run directory (every file written atomically)::
     metrics.json        written last: its presence marks a finished run
     profile.json        the efficiency profile (when profiled)
     knowledge/          teacher knowledge cached when the run serves as a teacher
+    trajectories.safetensors  per-user top-K lists at chosen epochs (teacher trajectories)
+    checkpoints/        weights kept at chosen epochs: epoch_XXXX.safetensors (0-based epoch)
 
 The trainer writes history, weights and checkpoint; `recpress.experiments.run.train_run` writes
 config, split and metrics; `load_run` reads a run back. Only the ``data`` and ``model`` sections
@@ -20,10 +22,12 @@ are parsed here, so every stage above the models can load a run without the expe
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from recpress.data.config import DataConfig, load_split_for
 from recpress.data.types import Split
@@ -42,6 +46,8 @@ AUX_WEIGHTS = "aux.safetensors"
 CHECKPOINT = "checkpoint.pt"
 PROFILE = "profile.json"
 KNOWLEDGE_DIR = "knowledge"
+TRAJECTORIES = "trajectories.safetensors"
+CHECKPOINTS_DIR = "checkpoints"
 
 #: files a run of another config is replaced by on ``overwrite`` (knowledge/ is kept)
 RUN_FILES = (CONFIG, METRICS, SPLIT, CHECKPOINT, HISTORY, WEIGHTS, AUX_WEIGHTS)
@@ -199,3 +205,191 @@ def load_run(run_dir: str | Path, split: Split | None = None) -> LoadedRun:
     model.eval()
     metrics = read_json(run_dir / METRICS) if is_finished(run_dir) else None
     return LoadedRun(path=run_dir, config=raw, model=model, split=split, metrics=metrics)
+
+
+# -- teacher trajectories and kept checkpoints ---------------------------------------------------
+
+
+def split_record(split: Split) -> dict[str, Any]:
+    """What split.json records of `split`: dataset, protocol, fingerprint and counts."""
+    return {
+        "dataset": split.dataset,
+        "protocol": split.protocol,
+        "fingerprint": split.fingerprint(),
+        **split.stats(),
+    }
+
+
+def checkpoint_path(run_dir: str | Path, epoch: int) -> Path:
+    """Where the weights kept at 0-based `epoch` live: ``checkpoints/epoch_XXXX.safetensors``."""
+    return Path(run_dir) / CHECKPOINTS_DIR / f"epoch_{int(epoch):04d}.safetensors"
+
+
+def kept_checkpoints(run_dir: str | Path) -> list[int]:
+    """The 0-based epochs whose weights are kept in `run_dir`'s checkpoints/, ascending."""
+    folder = Path(run_dir) / CHECKPOINTS_DIR
+    if not folder.is_dir():
+        return []
+    out = []
+    for p in folder.glob("epoch_*.safetensors"):
+        digits = p.name[len("epoch_") : -len(".safetensors")]
+        if digits.isdigit():
+            out.append(int(digits))
+    return sorted(out)
+
+
+@dataclass
+class Trajectories:
+    """Per-user top-K lists of one model at several epochs (docs/methods.md, HetComp).
+
+    Attributes:
+        epochs: the 0-based epochs, ascending (C of them).
+        lists: (C, n_users, K) int32 item ids, best first; the user's training items are
+            excluded; a user with fewer than K other items is padded with -1 at the end.
+        k: K.
+        fingerprint: the split record (dataset, protocol, fingerprint, counts) of the split
+            the lists were made on, or None when unknown.
+    """
+
+    epochs: list[int]
+    lists: torch.Tensor
+    k: int
+    fingerprint: dict[str, Any] | None
+
+    def at(self, epoch: int) -> torch.Tensor:
+        """(n_users, K) int32 lists at 0-based `epoch`."""
+        return self.lists[self.epochs.index(int(epoch))]
+
+
+def _trajectory_command(run_dir: Path, epochs: Sequence[int] | None) -> str:
+    shown = ",".join(str(e) for e in epochs) if epochs else "E1,E2,..."
+    return f"recpress trajectories {run_dir} --epochs {shown}"
+
+
+def _read_raw(path: Path) -> tuple[dict[int, torch.Tensor], int, dict[str, Any] | None]:
+    from safetensors import safe_open
+
+    lists: dict[int, torch.Tensor] = {}
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata() or {}
+        for key in fh.keys():
+            lists[int(key[len("epoch_") :])] = fh.get_tensor(key)
+    split = json.loads(meta["split"]) if meta.get("split") else None
+    return lists, int(meta.get("k", 0)), split
+
+
+def write_trajectories(
+    run_dir: str | Path,
+    epochs: Sequence[int],
+    lists: torch.Tensor,
+    fingerprint: Mapping[str, Any] | None,
+) -> Path:
+    """Store (C, n_users, K) int32 `lists` of 0-based `epochs` in ``trajectories.safetensors``.
+
+    The write is atomic and merges with the epochs already stored (a stored epoch given again
+    is replaced). Stored lists of another K or another split (fingerprint) are a ConfigError:
+    remove the file to start over. Returns the file's path.
+    """
+    from safetensors.torch import save_file
+
+    run_dir = Path(run_dir)
+    epochs = [int(e) for e in epochs]
+    lists = torch.as_tensor(lists)
+    if lists.dim() == 2 and len(epochs) == 1:
+        lists = lists.unsqueeze(0)
+    if lists.dim() != 3 or lists.shape[0] != len(epochs):
+        raise ValueError(
+            f"lists must be (C={len(epochs)}, n_users, K), got shape {tuple(lists.shape)}"
+        )
+    if len(set(epochs)) != len(epochs) or any(e < 0 for e in epochs):
+        raise ValueError(f"epochs must be distinct 0-based epochs, got {epochs}")
+    k = int(lists.shape[2])
+    path = run_dir / TRAJECTORIES
+    stored: dict[int, torch.Tensor] = {}
+    record = dict(fingerprint) if fingerprint is not None else None
+    if path.is_file():
+        stored, stored_k, stored_split = _read_raw(path)
+        old_fp = (stored_split or {}).get("fingerprint")
+        new_fp = (record or {}).get("fingerprint")
+        if old_fp and new_fp and old_fp != new_fp:
+            raise ConfigError(
+                f"{path} holds lists of a split with fingerprint {old_fp}, these are of "
+                f"{new_fp}; remove the file to store lists of the new split"
+            )
+        if stored and stored_k != k:
+            raise ConfigError(
+                f"{path} holds top-{stored_k} lists (epochs {sorted(stored)}), these are "
+                f"top-{k}; use K={stored_k}, or remove the file to store top-{k} lists"
+            )
+        record = record or stored_split
+    for e, rows in zip(epochs, lists.to(torch.int32).cpu(), strict=True):
+        stored[e] = rows.contiguous()
+    tensors = {f"epoch_{e:04d}": stored[e] for e in sorted(stored)}
+    meta = {"k": str(k), "epochs": json.dumps(sorted(stored))}
+    if record is not None:
+        meta["split"] = json.dumps(record)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, lambda p: save_file(tensors, str(p), metadata=meta))
+    return path
+
+
+def stored_trajectory_epochs(run_dir: str | Path) -> tuple[list[int], int]:
+    """(epochs, K) stored in `run_dir`'s trajectories file; ([], 0) when there is none."""
+    path = Path(run_dir) / TRAJECTORIES
+    if not path.is_file():
+        return [], 0
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = fh.metadata() or {}
+    return json.loads(meta.get("epochs", "[]")), int(meta.get("k", 0))
+
+
+def read_trajectories(
+    run_dir: str | Path,
+    epochs: Sequence[int] | None = None,
+    k: int | None = None,
+    split: Split | None = None,
+) -> Trajectories:
+    """The teacher trajectories stored in `run_dir` (see `Trajectories`).
+
+    `epochs` selects (and requires) those epochs, `k` cuts the lists to their first k items
+    (and requires K >= k), `split` requires the lists to be of that split (fingerprint). Each
+    failed requirement, and a missing file, is a ConfigError whose message says what to run.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / TRAJECTORIES
+    if not path.is_file():
+        raise ConfigError(
+            f"teacher {run_dir} has no trajectories ({TRAJECTORIES}); make them from its kept "
+            f"checkpoints with `{_trajectory_command(run_dir, epochs)}`, or retrain it with "
+            "train.trajectory_epochs set"
+        )
+    stored, stored_k, record = _read_raw(path)
+    if split is not None:
+        expected = (record or {}).get("fingerprint")
+        if expected and expected != split.fingerprint():
+            raise ConfigError(
+                f"the trajectories of {run_dir} were made on a split with fingerprint "
+                f"{expected} ({(record or {}).get('dataset')}), but the student's split has "
+                f"{split.fingerprint()} ({split.dataset}): teacher and student must use the "
+                "same split"
+            )
+    if k is not None and int(k) > stored_k:
+        raise ConfigError(
+            f"{path} holds top-{stored_k} lists but top-{int(k)} are asked; make longer ones "
+            f"with `{_trajectory_command(run_dir, sorted(stored))} --k {int(k)}` after removing "
+            f"{TRAJECTORIES}, or ask for K <= {stored_k}"
+        )
+    chosen = sorted(stored) if epochs is None else [int(e) for e in epochs]
+    missing = [e for e in chosen if e not in stored]
+    if missing:
+        raise ConfigError(
+            f"{path} has no lists for epochs {missing} (it holds {sorted(stored)}); make them "
+            f"with `{_trajectory_command(run_dir, missing)}`"
+        )
+    if not chosen:
+        raise ConfigError(f"{path} holds no lists; make them with `recpress trajectories`")
+    cut = stored_k if k is None else int(k)
+    lists = torch.stack([stored[e][:, :cut] for e in chosen])
+    return Trajectories(epochs=chosen, lists=lists, k=cut, fingerprint=record)

@@ -4,7 +4,23 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+
+#: settings added after run configs were first stored: dumped only when not at their default,
+#: so the config.yaml of every earlier run (and its comparison with a new one) stays the same
+_OPTIONAL_DEFAULTS: dict[str, object] = {
+    "trajectory_epochs": [],
+    "trajectory_k": 100,
+    "keep_checkpoints": [],
+    "amp": "off",
+}
 
 
 class TrainConfig(BaseModel):
@@ -20,6 +36,12 @@ class TrainConfig(BaseModel):
     final weights (reproduces the Topology Distillation log). ``amp="bf16"`` runs each batch's
     forward pass (student and distillers) under bfloat16 autocast; "off" (default) keeps float32.
     Under torchrun ``batch_size`` is the global batch (docs/distributed.md).
+
+    Teacher trajectories (HetComp, docs/methods.md): at the end of each 0-based epoch in
+    ``trajectory_epochs`` the per-user top-``trajectory_k`` unobserved lists of the current model
+    are stored in the run's ``trajectories.safetensors``; the weights at each epoch in
+    ``keep_checkpoints`` are kept as ``checkpoints/epoch_XXXX.safetensors`` (so lists of
+    those epochs can be made later with ``recpress trajectories``).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -44,6 +66,13 @@ class TrainConfig(BaseModel):
     checkpoint_every: int = Field(1, ge=1, description="epochs between resume checkpoints")
     amp: Literal["off", "bf16"] = Field(
         "off", description="autocast the training forward pass to bfloat16 (docs/distributed.md)"
+    )
+    trajectory_epochs: list[int] = Field(
+        default_factory=list, description="0-based epochs whose per-user top-K lists are stored"
+    )
+    trajectory_k: int = Field(100, ge=1, description="length of the stored trajectory lists")
+    keep_checkpoints: list[int] = Field(
+        default_factory=list, description="0-based epochs whose weights are kept"
     )
 
     @field_validator("ks")
@@ -70,6 +99,32 @@ class TrainConfig(BaseModel):
         if device not in ("auto", "cpu") and not device.startswith("cuda"):
             raise ValueError("device must be auto, cpu, cuda or cuda:N")
         return device
+
+    @field_validator("trajectory_epochs", "keep_checkpoints")
+    @classmethod
+    def _epoch_list(cls, epochs: list[int], info) -> list[int]:
+        if any(e < 0 for e in epochs):
+            raise ValueError(f"{info.field_name} are 0-based epochs (>= 0), got {epochs}")
+        return sorted(set(epochs))
+
+    @model_validator(mode="after")
+    def _epochs_are_trained(self) -> TrainConfig:
+        for name in ("trajectory_epochs", "keep_checkpoints"):
+            late = [e for e in getattr(self, name) if e >= self.epochs]
+            if late:
+                raise ValueError(
+                    f"{name} {late} are not trained: epochs are 0-based, 0..{self.epochs - 1} "
+                    f"with epochs={self.epochs}"
+                )
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler) -> dict:
+        data = handler(self)
+        for name, default in _OPTIONAL_DEFAULTS.items():
+            if name in data and data[name] == default:
+                del data[name]
+        return data
 
     @model_validator(mode="after")
     def _metric_k_is_evaluated(self) -> TrainConfig:

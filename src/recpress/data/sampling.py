@@ -23,9 +23,18 @@ def _gen_device(generator: torch.Generator | None) -> torch.device:
     return generator.device if generator is not None else torch.device("cpu")
 
 
+def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """`t` on `device`; a CPU -> CUDA copy is staged in pinned memory and made asynchronously
+    (``non_blocking``), so the host does not wait for it."""
+    device = torch.device(device)
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
+
+
 def _randint(high: int, shape: tuple[int, ...], generator, device) -> torch.Tensor:
     out = torch.randint(high, shape, generator=generator, device=_gen_device(generator))
-    return out.to(device)
+    return to_device(out, device)
 
 
 def csr_keys(indptr: torch.Tensor, indices: torch.Tensor, n_cols: int) -> torch.Tensor:
@@ -223,8 +232,8 @@ def epoch_triples(
         split._cache[ck] = csr_keys(indptr, indices, split.n_items)
     keys = split._cache[ck]
     nnz = indices.numel()
-    perm = torch.randperm(nnz, generator=generator, device=_gen_device(generator)).to(
-        indices.device
+    perm = to_device(
+        torch.randperm(nnz, generator=generator, device=_gen_device(generator)), indices.device
     )
     key = keys[perm]
     users = torch.div(key, split.n_items, rounding_mode="floor")

@@ -5,7 +5,10 @@ twice, students on the CPU and on CUDA. The random draws of the training loop co
 generator on both devices, so each student must end with the same weights up to float rounding,
 and the same losses and metrics. DCD draws its per-batch samples on the data's device, so its
 CUDA run follows another random stream: it is only required to train and to land near the CPU
-run's accuracy.
+run's accuracy. RCE-KD and PCKD draw from the CPU generator too, but from weights built on
+top-K lists ranked on the device (the student's, the teacher's), where a near-tie may be
+ordered the other way; they get the same accuracy-only check. A second test trains with
+``train.amp: bf16`` on CUDA and compares its accuracy with the float32 CPU run.
 """
 
 from __future__ import annotations
@@ -25,15 +28,18 @@ from tests.experiments.grids import TRAIN as SWEEP_TRAIN
 #: one composed or single method per distiller family (all ten registered distillers)
 METHODS = [
     "none", "kd", "kd-teacher", "rd", "cd", "unkd", "ir-rrd", "de+rrd", "ftd", "htd", "htd+rrd",
-    "dcd",
+    "dcd", "rce-kd", "pckd",
 ]  # fmt: skip
-#: methods whose draws are made on the data's device (same distribution, other stream)
-DEVICE_STREAM = {"dcd"}
+#: methods whose draws are made on the data's device (same distribution, other stream), or
+#: depend on lists ranked on the device (RCE-KD, PCKD): compared by accuracy only
+DEVICE_STREAM = {"dcd", "rce-kd", "pckd"}
+#: methods trained again under bf16 autocast
+AMP_METHODS = ["none", "htd"]
 
 TRAIN = {**SWEEP_TRAIN, "batch_size": 2048}  # the settings verified on the H200
 
 
-def grid(student_device: str) -> dict:
+def grid(student_device: str, methods: list[str] = METHODS, amp: str = "off") -> dict:
     return {
         "name": "parity",
         "data": {"dataset": "ml-100k", "min_rating": 4},
@@ -43,9 +49,9 @@ def grid(student_device: str) -> dict:
         },
         "students": {
             "dims": [4],
-            "methods": METHODS,
+            "methods": methods,
             "seeds": [0],
-            "train": {**TRAIN, "device": student_device},
+            "train": {**TRAIN, "device": student_device, "amp": amp},
             "params": {"htd": {"preset": "reference", "n_groups": 3}},
             # KD guided by the teacher's lists scores them in `prepare`, on the teacher's device.
             # k = 20: every user's 20th and 21st teacher scores are ≥ 1.5e-5 apart (relative), so
@@ -60,10 +66,11 @@ def grid(student_device: str) -> dict:
     }
 
 
-def train_grid(root: Path, device: str) -> Path:
-    out = root / device
-    summary = run_sweep(SweepConfig.model_validate(grid(device)), out, progress=False)
-    assert len(summary["trained"]) == len(METHODS) + 1
+def train_grid(root: Path, device: str, methods: list[str] = METHODS, amp: str = "off") -> Path:
+    out = root / f"{device}-{amp}"
+    config = SweepConfig.model_validate(grid(device, methods, amp))
+    summary = run_sweep(config, out, progress=False)
+    assert len(summary["trained"]) == len(methods) + 1
     return out
 
 
@@ -108,3 +115,20 @@ def test_students_trained_on_cuda_match_the_cpu(data_root, tmp_path, monkeypatch
     assert not failures, (
         "CUDA differs from the CPU for " + ", ".join(failures) + ":\n" + "\n".join(rows)
     )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bf16_autocast_on_cuda_lands_at_the_float32_accuracy(data_root, tmp_path, monkeypatch):
+    monkeypatch.setenv("RECPRESS_DATA", str(data_root))
+    monkeypatch.setenv("RECPRESS_CACHE", str(tmp_path / "cache"))
+    cpu = train_grid(tmp_path, "cpu", AMP_METHODS)
+    amp = train_grid(tmp_path, "cuda", AMP_METHODS, amp="bf16")
+    rows = []
+    for method in AMP_METHODS:
+        m_cpu, _, _ = student(cpu, method)
+        m_amp, _, l_amp = student(amp, method)
+        assert np.all(np.isfinite(l_amp)), method
+        diff = max(abs(m_amp["test"][k] - v) for k, v in m_cpu["test"].items())
+        rows.append(f"{method:8s} test metrics {diff:.4f}")
+        assert diff < 0.02, f"bf16 {method}: " + ", ".join(rows)
+    print("\nbf16 on CUDA vs float32 on the CPU, largest differences:\n" + "\n".join(rows))

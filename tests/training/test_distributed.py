@@ -41,7 +41,7 @@ def _split():
 
 def _config(**kw) -> TrainConfig:
     base = dict(
-        epochs=4,
+        epochs=3,
         lr=0.02,
         weight_decay=0.0,
         batch_size=128,  # the global batch: 64 per rank
@@ -62,7 +62,7 @@ def _free_port() -> int:
 
 
 def _worker(rank: int, port: int, out: str) -> None:
-    """One rank: a 4-epoch run, and a run interrupted after 2 epochs then resumed."""
+    """One rank: a 3-epoch run, and a run interrupted after 2 epochs then resumed."""
     os.environ.update(
         RANK=str(rank),
         WORLD_SIZE=str(WORLD),

@@ -324,6 +324,17 @@ def test_de_bf16_experts_close_to_fp32_and_validated():
         assert 1e-6 < rel < 2e-2  # bf16 rounding: not exact, but close
     with pytest.raises(ValueError, match="precision"):
         ExpertBank(2, 2, 2, precision="fp16")
+    # "auto" is bf16 exactly where the device runs bf16 natively, fp32 elsewhere
+    import recpress.distill.experts as experts
+
+    auto = ExpertBank(6, 8, 32, None, None, precision="auto")
+    auto.load_state_dict(fp32.state_dict())
+    for native, like in ((True, bf16), (False, fp32)):
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(experts, "_cpu_bf16", lambda native=native: native)
+            assert experts.uses_bf16("auto", torch.device("cpu")) is native
+            torch.testing.assert_close(dense_mixture(auto, x, z), dense_mixture(like, x, z))
+    assert not experts.uses_bf16("fp32", torch.device("cpu"))
     with pytest.raises(ConfigError, match="expert_precision"):
         make_distillers("de", None, {"de": {"expert_precision": "int8"}})
 

@@ -68,8 +68,8 @@ def expert_error(
 @register
 class DistillationExperts(Distiller):
     """DE. Args: n_experts M (30), hidden_dim h (None: ⌊(d_t + d_s)/2⌋), max_epochs E_max of
-    the τ schedule (1000), reduction "sum" | "mean", expert_precision "fp32" | "bf16" (the
-    expert GEMMs under bfloat16 autocast, see `ExpertBank`)."""
+    the τ schedule (1000), reduction "sum" | "mean", expert_precision "fp32" | "bf16" | "auto"
+    (the expert GEMMs under bfloat16 autocast; auto: where native; see `ExpertBank`)."""
 
     name = "de"
     epoch_cost = 110.0

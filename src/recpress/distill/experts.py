@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -28,7 +29,30 @@ def gumbel_softmax(
 
 
 #: compute precisions of the expert GEMMs (`ExpertBank.precision`)
-EXPERT_PRECISIONS = ("fp32", "bf16")
+EXPERT_PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` runs bfloat16 GEMMs natively: a CUDA device with bf16 support, or a
+    CPU with AVX512-BF16 / AMX (oneDNN's check). Elsewhere bf16 is emulated and slow."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        return _cpu_bf16()
+    return False
+
+
+@functools.cache
+def _cpu_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
+def uses_bf16(precision: str, device: torch.device) -> bool:
+    """Whether expert GEMMs of `precision` run in bf16 on `device` ("auto": where native)."""
+    return precision == "bf16" or (precision == "auto" and native_bf16(device))
 
 
 class ExpertBank(nn.Module):
@@ -42,7 +66,8 @@ class ExpertBank(nn.Module):
         student_dim: d_s; teacher_dim: d_t; hidden_dim: h (default ⌊(d_t + d_s)/2⌋).
         precision: "fp32" (default, exact) or "bf16": the dense mixture's GEMMs run under
             bfloat16 autocast (parameters and outputs stay fp32; ~0.4% relative error in the
-            mixture). Speed depends on bf16 hardware: bench/README.md, section "KD: expert
+            mixture); "auto": bf16 where the device runs it natively (`native_bf16`), else
+            fp32. Speed depends on bf16 hardware: bench/README.md, section "KD: expert
             mixtures (DE, HTD)".
     Parameter count: M·(d_s·h + h + h·d_t + d_t) + (d_t·M + M).
     """
@@ -121,12 +146,12 @@ def dense_mixture(bank: ExpertBank, x: torch.Tensor, w: torch.Tensor) -> torch.T
     Two GEMMs over the stacked experts: Σ_m w_m·(W2_mᵀ h_m + b2_m) = Σ_m W2_mᵀ (w_m h_m) + w·b2,
     so the hidden units are scaled by the weights and one (n, M·h) × (M·h, d_t) product replaces
     the M expert outputs (no (n, M, d_t) tensor); autograd differentiates the two GEMMs.
-    With ``bank.precision == "bf16"`` the
+    With ``bank.precision == "bf16"`` (or "auto" on a device with native bf16) the
     GEMMs run under bfloat16 autocast and the result is cast back to ``x.dtype``.
     """
     n_m, d_s, h = bank.w1.shape
     w = w.to(x.dtype)
-    low = bank.precision == "bf16"
+    low = uses_bf16(bank.precision, x.device)
     with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=low):
         hidden = torch.relu(
             torch.addmm(bank.b1.reshape(-1), x, bank.w1.permute(1, 0, 2).reshape(d_s, n_m * h))

@@ -57,7 +57,7 @@ class PCKD(DistillationExperts):
 
     Args (DE's first): n_experts M (30), hidden_dim h (None: ⌊(d_t + d_s)/2⌋), max_epochs
     E_max of the τ schedule (1000), reduction "sum" | "mean" (both terms), expert_precision
-    "fp32" | "bf16"; then alpha α (0.1), T rank temperature of the list sample (10), mxK
+    "fp32" | "bf16" | "auto"; then alpha α (0.1), T rank temperature of the list sample (10), mxK
     teacher list length (100), Q items per user (5), tau_ce τ_ce (0.1), variant "list" |
     "pair", mask_train (exclude training items from the teacher list; reference False),
     user_weighting of the regulariser "rows" (batch rows) | "unique" users (the DE term always

@@ -458,8 +458,8 @@ class HTD(_TopologyBase):
         expert_threshold: skip (entity, expert) pairs whose Gumbel-softmax weight is ≤ this in
             the group-assignment term (speed; 0 = exact dense mixture), see `mix_experts`.
         hidden_dim: expert hidden width (default ⌊(d_t + d_s)/2⌋).
-        expert_precision: "fp32" (exact) or "bf16" (dense expert GEMMs under bfloat16
-            autocast; see `ExpertBank`).
+        expert_precision: "fp32" (exact), "bf16" (dense expert GEMMs under bfloat16
+            autocast) or "auto" (bf16 where the device runs it natively); see `ExpertBank`.
         layout: how the entity and group-assignment terms are computed, with the same result:
             "grouped" (same-group pair blocks, experts run only on their entities: least
             arithmetic), "dense" (one masked n×n pair matrix and the dense expert GEMMs with

@@ -26,6 +26,7 @@ import pandas as pd
 from recpress.data.cleaning import build_interactions
 from recpress.data.readers import read_lightgcn, read_movielens, read_pairs_tsv, read_users_dat
 from recpress.data.splits import PROTOCOLS, split, split_from_parts
+from recpress.data.synthetic import GOWALLA_SHAPE, parse_synthetic_name, synthetic_interactions
 from recpress.data.types import Interactions, Split
 from recpress.errors import ConfigError, DataError, unknown_name
 from recpress.fileio import sha256_file
@@ -66,7 +67,7 @@ class DatasetSpec:
     description: str
     folder: str
     files: tuple[RemoteFile, ...]
-    kind: str  # users_dat | movielens | lightgcn | td
+    kind: str  # users_dat | movielens | lightgcn | td | synthetic
     fixed_split: bool = False
     defaults: dict[str, Any] = field(default_factory=dict)
 
@@ -172,11 +173,59 @@ DATASETS: dict[str, DatasetSpec] = {
         _lightgcn("gowalla", "Gowalla check-ins"),
         _lightgcn("yelp2018", "Yelp 2018 reviews"),
         _lightgcn("amazon-book", "Amazon-book reviews"),
+        DatasetSpec(
+            "synthetic-gowalla",
+            "generated with Gowalla's shape (29,858 x 40,981 x 1,027,370, >= 10 items per "
+            "user), power-law popularity, latent factors; split 60/20/20 per user",
+            "",
+            (),
+            "synthetic",
+            defaults={
+                "n_users": GOWALLA_SHAPE[0],
+                "n_items": GOWALLA_SHAPE[1],
+                "n_interactions": GOWALLA_SHAPE[2],
+                "min_per_user": 10,
+                "seed": 0,
+                "protocol": "ratio",
+            },
+        ),
     )
 }
 
+#: generator arguments a synthetic spec's ``defaults`` may hold (the rest are split settings)
+_SYNTHETIC_KEYS = ("n_users", "n_items", "n_interactions", "min_per_user", "seed")
+
+
+def _synthetic_spec(name: str, sizes: dict[str, int]) -> DatasetSpec:
+    """The registry entry of a ``synthetic:UxIxN[:seed]`` name."""
+    low = max(1, min(5, sizes["n_interactions"] // max(sizes["n_users"], 1)))
+    return DatasetSpec(
+        name,
+        "generated: power-law popularity, latent factors; split 60/20/20 per user",
+        "",
+        (),
+        "synthetic",
+        defaults={"min_per_user": low, "seed": 0, **sizes, "protocol": "ratio"},
+    )
+
+
+def _load_synthetic(spec: DatasetSpec, path, clean: dict[str, Any]) -> Interactions:
+    if path is not None:
+        raise ConfigError(
+            f"{spec.name} is generated, it reads no files; drop data.path, or name the real "
+            "dataset (e.g. --dataset gowalla --data-path DIR)",
+            field="path",
+        )
+    if any(v for v in clean.values()):
+        raise ConfigError(f"{spec.name} is generated; it takes no cleaning options", "dataset")
+    args = {k: v for k, v in spec.defaults.items() if k in _SYNTHETIC_KEYS}
+    return synthetic_interactions(**args, name=spec.name)
+
 
 def _spec(name: str) -> DatasetSpec:
+    sizes = parse_synthetic_name(name)
+    if sizes is not None:
+        return _synthetic_spec(name, sizes)
     if name not in DATASETS:
         raise unknown_name("dataset", name, list(DATASETS), field="dataset")
     return DATASETS[name]
@@ -211,6 +260,8 @@ def _candidates(spec: DatasetSpec, path: str | Path | None) -> list[Path]:
 def find_dataset(name: str, path: str | Path | None = None) -> Path | None:
     """Folder holding all of the dataset's files, following the lookup order; None if absent."""
     spec = _spec(name)
+    if spec.kind == "synthetic":  # generated, no folder
+        return None
     for d in _candidates(spec, path):
         if all((d / f.name).is_file() for f in spec.files):
             return d
@@ -409,6 +460,8 @@ def _load(
                 "citeulike-t-td is a fixed split; it takes no cleaning options", field="dataset"
             )
         return _load_td(path, download, progress, seed)
+    if spec.kind == "synthetic":
+        return _load_synthetic(spec, path, clean), None
     folder = _ensure(spec, path, download, progress)
     frame, label = _read(spec, folder)
     opts = {**spec.defaults, **clean}
@@ -460,7 +513,7 @@ def load_split(
     """
     spec = _spec(name)
     clean = {k: opts.pop(k) for k in _LOADER_KEYS if k in opts}
-    protocol = protocol or ("fixed" if spec.fixed_split else "loo")
+    protocol = protocol or spec.defaults.get("protocol") or ("fixed" if spec.fixed_split else "loo")
     if protocol not in PROTOCOLS:  # fail before reading any file
         raise unknown_name("split protocol", protocol, PROTOCOLS, field="protocol")
     if protocol == "fixed" and not spec.fixed_split:
@@ -498,11 +551,29 @@ def dataset_stats(
     return _stats(load_dataset(name, path=path, download=download, progress=False, **clean))
 
 
+def _synthetic_row(spec: DatasetSpec) -> dict[str, Any]:
+    d = spec.defaults
+    return {
+        "name": spec.name,
+        "description": spec.description,
+        "available": True,
+        "path": None,
+        "urls": [],
+        "users": d["n_users"],
+        "items": d["n_items"],
+        "interactions": d["n_interactions"],
+        "density": d["n_interactions"] / (d["n_users"] * d["n_items"]),
+    }
+
+
 def list_datasets(with_stats: bool = True) -> list[dict[str, Any]]:
     """One dict per registered dataset: name, description, available, path, urls and, for
     locally available ones, statistics (users, items, interactions, density)."""
     out: list[dict[str, Any]] = []
     for spec in DATASETS.values():
+        if spec.kind == "synthetic":
+            out.append(_synthetic_row(spec))
+            continue
         found = find_dataset(spec.name)
         if found is None and spec.kind == "td":
             base = find_dataset("citeulike-t")

@@ -162,3 +162,21 @@ def test_two_processes_reach_the_one_process_accuracy(ranks):
     for name in ("recall@20", "ndcg@20"):  # ... equally well
         assert abs(two[name] - one.test[name]) < 0.08, (name, two[name], one.test[name])
     assert np.isfinite(reports[0]["losses"]).all()
+
+
+def test_a_distributed_sweep_trains_one_run_at_a_time(tmp_path):
+    from recpress.errors import ConfigError
+    from recpress.experiments.sweep import SweepConfig, run_sweep
+
+    train = {"epochs": 1, "ks": [10], "selection_metric": "recall@10"}
+    config = SweepConfig.model_validate(
+        {
+            "name": "ddp",
+            "data": {"dataset": "ml-100k"},
+            "teacher": {"model": {"name": "bpr", "embedding_dim": 4}, "train": train},
+            "students": {"dims": [2], "methods": ["none"], "seeds": [0], "train": train},
+        }
+    )
+    with pytest.raises(ConfigError, match="one run at a time"):
+        run_sweep(config, tmp_path / "sweep", jobs=2, distributed=2, progress=False)
+    assert not (tmp_path / "sweep").exists()

@@ -36,6 +36,14 @@ def sweep(
             help="Student runs trained at once (processes sharing the cores).",
         ),
     ] = 1,
+    distributed: Annotated[
+        int,
+        typer.Option(
+            "--distributed",
+            min=1,
+            help="Processes per run: train each run with torchrun --nproc-per-node N (DDP).",
+        ),
+    ] = 1,
     grid: Annotated[
         str | None,
         typer.Option(help="A named grid of the config's `grids:` (e.g. full); default: students."),
@@ -62,7 +70,9 @@ def sweep(
             raise ConfigError(msg, "--seeds") from None
     cfg = load_sweep_config(config, set_ or [], grid=grid, seeds=seed_list)
     out = out or Path("runs") / cfg.name
-    summary = run_sweep(cfg, out, restart=restart, progress=progress, only=only, jobs=jobs)
+    summary = run_sweep(
+        cfg, out, restart=restart, progress=progress, only=only, jobs=jobs, distributed=distributed
+    )
     change = summary.get("grid_change")
     if change and (change["added"] or change["dropped"]):
         console.print(

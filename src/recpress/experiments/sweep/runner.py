@@ -27,6 +27,7 @@ def run_sweep(
     progress: bool = True,
     only: list[str] | None = None,
     jobs: int = 1,
+    distributed: int = 1,
 ) -> dict[str, Any]:
     """Train every run of the sweep that is not finished (teacher first).
 
@@ -37,6 +38,9 @@ def run_sweep(
             threads well, so on a 2-core CPU ``jobs=2`` finishes a grid sooner; each run is
             seeded by its own config, so results do not depend on the order (only on float
             summation order, through the thread count).
+        distributed: processes per run: above 1, every run (the teacher too) is trained by
+            ``torchrun --nproc-per-node N -m recpress train`` (data parallel, docs/distributed.md),
+            one run at a time, each process with ``torch.get_num_threads() // N`` threads.
     Returns a summary: runs trained, skipped, seconds per run, total wall time, and the grid
     change when the directory held the same experiment with another grid (`grid_change`).
     """
@@ -44,6 +48,12 @@ def run_sweep(
 
     if int(jobs) < 1:
         raise ConfigError(f"jobs must be a positive integer, got {jobs}", field="jobs")
+    if int(distributed) < 1 or (int(distributed) > 1 and int(jobs) > 1):
+        raise ConfigError(
+            f"distributed must be a positive number of processes per run (got {distributed}), "
+            "and a distributed sweep trains one run at a time: drop --jobs",
+            field="distributed",
+        )
     sweep_dir, changed = _prepare_sweep_dir(cfg, sweep_dir, restart=restart)
     runs = plan(cfg, sweep_dir)
     if only:
@@ -67,7 +77,10 @@ def run_sweep(
             elif spec.is_teacher or jobs == 1:  # the teacher first: students read it
                 bar.start_run(spec.label)
                 t0 = time.perf_counter()
-                train_run(spec.config, spec.path, progress=False, split=split)
+                if distributed > 1:
+                    _train_under_torchrun(spec, int(distributed))
+                else:
+                    train_run(spec.config, spec.path, progress=False, split=split)
                 profile_once(spec.config, spec.path)
                 finished(spec, time.perf_counter() - t0)
             else:
@@ -78,6 +91,38 @@ def run_sweep(
         bar.close()
     summary["wall_seconds"] = round(time.perf_counter() - started, 2)
     return summary
+
+
+def _train_under_torchrun(spec: RunSpec, processes: int) -> None:
+    """Train one run with ``torchrun --nproc-per-node processes -m recpress train`` (its
+    config written to a temporary YAML); a failure is a RecPressError with the output's end."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+
+    import torch
+
+    threads = max(1, torch.get_num_threads() // processes)
+    with socket.socket() as sock:  # a free port for this run's rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        config = Path(tmp) / "config.yaml"
+        config.write_text(spec.config.to_yaml())
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes),
+            "--master-addr", "127.0.0.1", "--master-port", str(port), "-m", "recpress", "train",
+            "--config", str(config), "--out", str(spec.path), "--no-progress",
+        ]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-5:])
+        raise RecPressError(
+            f"sweep run {spec.label} failed under torchrun (exit {done.returncode}): {tail}"
+        )
 
 
 def _run_parallel(todo: list[RunSpec], jobs: int, bar: _SweepProgress, finished) -> None:

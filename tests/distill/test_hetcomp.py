@@ -505,3 +505,17 @@ def test_cli_hetcomp_with_unnamed_teacher_paths(teacher_runs, with_trajectories,
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["distill"]["teachers"] == {n: str(p) for n, p in runs.items()}
     assert cfg["model"]["name"] == "bpr" and cfg["model"]["embedding_dim"] == 4
+
+
+def test_without_bpr_the_objective_is_the_kd_term_alone():
+    from recpress.training.objective import TrainingObjective
+
+    d, student, _, _ = prepared()
+    b = batch([0, 2, 5])
+    with torch.no_grad():
+        kd = d.loss(student, b, 0)
+        both = TrainingObjective(student, [(d, 0.005)])(b, 0)
+        d.bpr = False
+        alone = TrainingObjective(student, [(d, 0.005)])(b, 0)
+    assert alone.item() == pytest.approx(0.005 * kd.item(), rel=1e-6)
+    assert both.item() == pytest.approx(0.005 * kd.item() + student(b).sum().item(), rel=1e-6)

@@ -405,6 +405,9 @@ class HetComp(Distiller):
         checkpoints: trajectory epochs to use, ascending (default: every stored one).
         clamp_scores: clamp student scores to [−c, c] first (the reference clamps at 40);
             default None (exact log-sum-exps need no clamp).
+        bpr: keep the student's own BPR loss (the re-implementation, default); False trains on
+            the KD term alone, the original release's objective (with λ = 0.005 and
+            overall_weight 2: 0.01·ΣL_ov, then 0.005·ΣL_rk).
 
     Each teacher (``knowledge``: a list, one per teacher) must hold trajectories; a teacher
     with C_x = 1 checkpoint is at its last checkpoint from the start.
@@ -430,8 +433,10 @@ class HetComp(Distiller):
         overall_weight: float = 2.0,
         checkpoints: list[int] | None = None,
         clamp_scores: float | None = None,
+        bpr: bool = True,
     ) -> None:
         super().__init__()
+        self.bpr = bool(bpr)
         self.K, self.dkc_k, self.p = int(K), int(dkc_k), int(p)
         self.n_pos = None if n_pos is None else int(n_pos)
         self.rank_top, self.rank_head = int(rank_top), int(rank_head)
@@ -482,6 +487,7 @@ class HetComp(Distiller):
             "overall_weight": self.overall_weight,
             "checkpoints": self.checkpoints,
             "clamp_scores": self.clamp_scores,
+            "bpr": self.bpr,
         }
 
     # -- preparation ------------------------------------------------------------------------
@@ -513,6 +519,11 @@ class HetComp(Distiller):
             )
         self.teacher_epochs.append(epochs)
         return lists[:, :, : self.K].to(torch.int32)
+
+    @property
+    def keeps_base_loss(self) -> bool:
+        """False drops the student's base loss from the objective (``bpr=False``)."""
+        return self.bpr
 
     def check_teachers(self, knowledge) -> None:
         """Every teacher has trajectories of this split with the checkpoints and K asked."""

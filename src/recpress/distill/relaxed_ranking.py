@@ -66,8 +66,10 @@ def relaxed_ranking_loss(
     """
     s = s_interesting.float()
     s_un = s_uninteresting.float()
-    if valid is not None and bool(valid.all()):
-        valid = None  # nothing to mask: skip the masking ops (same result)
+    # nothing to mask: skip the masking ops (same result); on CUDA the masked form is kept,
+    # which saves reading `valid.all()` back to the host every batch
+    if valid is not None and not s.is_cuda and bool(valid.all()):
+        valid = None
     if valid is not None:
         s = torch.where(valid, s, torch.full_like(s, _MISSING))
     term = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from recpress.evaluation.ranking import chunk_rows
 from recpress.models.base import Recommender
 
 __all__ = [
@@ -17,6 +18,8 @@ __all__ = [
 ]
 
 CHUNK = 2048  # users scored at once when ranking the whole catalogue
+#: memory budget (MiB) that caps CHUNK on large catalogues (2048 users up to ~32k items)
+STUDENT_TOPK_BUDGET_MB = 512.0
 
 
 def no_knowledge(method: str) -> ValueError:
@@ -60,6 +63,8 @@ def student_topk(
     """
     was_training = student.training
     student.eval()
+    # at most STUDENT_TOPK_BUDGET_MB of scores (+ top-k temporaries) per chunk on large catalogues
+    chunk = min(chunk, chunk_rows(student.n_items, STUDENT_TOPK_BUDGET_MB))
     items, vals = [], []
     for s in range(0, student.n_users, chunk):
         users = torch.arange(s, min(s + chunk, student.n_users), device=device)

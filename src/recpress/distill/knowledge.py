@@ -32,7 +32,8 @@ from recpress.distill.common import mask_train_
 from recpress.errors import ConfigError
 from recpress.models.base import Recommender
 
-#: scores computed per chunk: about this many floats (64 MiB in fp32)
+#: scores computed per chunk at the default memory budget (64 MiB in fp32); the chunk follows
+#: `recpress.evaluation.ranking.chunk_rows` and ``memory_budget_mb``
 CHUNK_FLOATS = 1 << 24
 
 
@@ -57,6 +58,7 @@ class Knowledge:
         cache_dir: str | Path | None = None,
         user_lists: torch.Tensor | None = None,
         source: str = "",
+        memory_budget_mb: float | None = None,
     ) -> None:
         self.teacher = _freeze(teacher) if teacher is not None else None
         self.split_fingerprint = split.fingerprint()
@@ -64,6 +66,9 @@ class Knowledge:
         self._train = split.train
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.source = source
+        #: working memory of one chunk of teacher scores (None: the evaluation default)
+        self.memory_budget_mb = memory_budget_mb
+        self._train_t: tuple[torch.Tensor, torch.Tensor] | None = None
         #: the teacher's run directory (set by the teacher loader), where its trajectories live
         self.run_dir: Path | None = None
         self._trajectories = None
@@ -214,15 +219,25 @@ class Knowledge:
         users = torch.arange(start, end, device=dev)
         scores = self.teacher.score(users).float()
         if mask:
-            indptr = torch.as_tensor(self._train.indptr.astype(np.int64), device=dev)
-            indices = torch.as_tensor(self._train.indices.astype(np.int64), device=dev)
-            mask_train_(scores, users, indptr, indices)
+            # the training CSR as tensors once, not per chunk (that copy grows with nnz)
+            if self._train_t is None or self._train_t[0].device != torch.device(dev):
+                self._train_t = (
+                    torch.as_tensor(self._train.indptr.astype(np.int64), device=dev),
+                    torch.as_tensor(self._train.indices.astype(np.int64), device=dev),
+                )
+            mask_train_(scores, users, *self._train_t)
         return scores
+
+    def _chunk(self) -> int:
+        """Users per chunk of teacher scores under the memory budget."""
+        from recpress.evaluation.ranking import chunk_rows
+
+        return chunk_rows(self.n_items, self.memory_budget_mb)
 
     @torch.no_grad()
     def _compute_user(self, n: int, mask: bool) -> torch.Tensor:
         dev = self._device()
-        chunk = max(1, CHUNK_FLOATS // max(self.n_items, 1))
+        chunk = self._chunk()
         out = torch.empty((self.n_users, n), dtype=torch.int32)
         for s in range(0, self.n_users, chunk):
             e = min(s + chunk, self.n_users)
@@ -236,7 +251,7 @@ class Knowledge:
     def _compute_item(self, n: int, mask: bool) -> torch.Tensor:
         """Running top-n over user chunks of the full score matrix (items as columns)."""
         dev = self._device()
-        chunk = max(1, CHUNK_FLOATS // max(self.n_items, 1))
+        chunk = self._chunk()
         best_v = torch.full((0, self.n_items), -torch.inf, device=dev)
         best_i = torch.zeros((0, self.n_items), dtype=torch.int64, device=dev)
         for s in range(0, self.n_users, chunk):

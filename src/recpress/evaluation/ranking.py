@@ -8,6 +8,7 @@ metric formulas live in `recpress.evaluation.metrics` (docs/methods.md §2.1, §
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,8 +36,39 @@ PHASES: tuple[str, ...] = ("valid", "test")
 DEFAULT_EXCLUDE: dict[str, tuple[str, ...]] = {"valid": ("train",), "test": ("train", "valid")}
 #: target number of score entries per chunk (users x items) when batch_size is not given;
 #: 2**24 floats = 64 MiB, about 660 users on a 25k-item catalogue (bench/README.md, section
-#: "Evaluation: chunk size")
+#: "Evaluation: chunk size"); the same as `chunk_rows` at `DEFAULT_MEMORY_BUDGET_MB`
 DEFAULT_CHUNK_ELEMENTS: int = 2**24
+#: working memory (MiB) one chunk of full-catalogue scores may take (evaluation, teacher top-N)
+DEFAULT_MEMORY_BUDGET_MB: float = 128.0
+#: live (rows, n_cols) buffers per chunk: the scores and the top-k / mask temporaries
+CHUNK_COPIES: int = 2
+
+
+def chunk_rows(
+    n_cols: int,
+    memory_budget_mb: float | None = None,
+    bytes_per_entry: int = 4,
+    copies: int = CHUNK_COPIES,
+) -> int:
+    """Rows (users) per chunk of a (rows, n_cols) score matrix under a memory budget.
+
+    rows = max(1, ⌊budget · 2²⁰ / (n_cols · bytes_per_entry · copies)⌋). Budget None:
+    ``$RECPRESS_MEMORY_BUDGET_MB`` if set, else `DEFAULT_MEMORY_BUDGET_MB` (fp32, 2 copies:
+    `DEFAULT_CHUNK_ELEMENTS` entries).
+    """
+    if memory_budget_mb is None:
+        memory_budget_mb = os.environ.get("RECPRESS_MEMORY_BUDGET_MB") or DEFAULT_MEMORY_BUDGET_MB
+    try:
+        budget = float(memory_budget_mb)
+    except ValueError:
+        budget = float("nan")
+    if not budget > 0:
+        raise ConfigError(
+            f"memory_budget_mb must be > 0, got {memory_budget_mb}", field="memory_budget_mb"
+        )
+    per_row = max(int(n_cols), 1) * int(bytes_per_entry) * int(copies)
+    return max(1, int(budget * 2**20) // per_row)
+
 
 ScoreFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -57,6 +89,7 @@ class EvalResult:
         n_users_without_train: users with targets but no training item (not evaluated).
         per_user: when requested, ``{"recall@50": (n_users,) float64 array, ...}`` aligned with
             `users`; otherwise None.
+        n_chunks: user chunks scored (see `chunk_rows`).
     """
 
     metrics: dict[str, float]
@@ -66,6 +99,7 @@ class EvalResult:
     exclude: tuple[str, ...]
     ks: tuple[int, ...]
     n_users_without_targets: int = 0
+    n_chunks: int = 0
     n_users_without_train: int = 0
     per_user: dict[str, np.ndarray] | None = field(default=None, repr=False)
 
@@ -161,6 +195,7 @@ def evaluate(
     per_user: bool = False,
     device: torch.device | str | None = None,
     shard: tuple[int, int] = (0, 1),
+    memory_budget_mb: float | None = None,
 ) -> EvalResult:
     """Full-ranking top-K evaluation of `model` on `split`'s `phase` part.
 
@@ -187,7 +222,7 @@ def evaluate(
         ks: cut-offs K (each <= n_items).
         phase: "valid" or "test".
         exclude: part names to mask; None for the default of `phase`.
-        batch_size: users per chunk; None picks about `DEFAULT_CHUNK_ELEMENTS` scores per chunk.
+        batch_size: users per chunk; None sizes chunks by `memory_budget_mb`.
         metrics: families among recall, ndcg, hr, precision, mrr (names "recall@50", ...).
         per_user: also return per-user arrays (for paired tests).
         device: where user ids and masks live; default the model's parameter device (cpu for a
@@ -195,6 +230,8 @@ def evaluate(
         shard: (rank, world): evaluate only the rank's contiguous part of the evaluated users
             (sizes differ by at most one); the metrics are then that part's means. Distributed
             training gathers the parts (`recpress.training.distributed.evaluate`).
+        memory_budget_mb: working memory of one chunk of scores (`chunk_rows`); None is
+            `DEFAULT_MEMORY_BUDGET_MB`. Ignored when `batch_size` is given.
 
     Returns:
         An `EvalResult`.
@@ -209,7 +246,7 @@ def evaluate(
     if kmax > n_items:
         raise ConfigError(f"K={kmax} exceeds the number of items ({n_items})", field="ks")
     if batch_size is None:
-        batch_size = max(1, DEFAULT_CHUNK_ELEMENTS // n_items)
+        batch_size = chunk_rows(n_items, memory_budget_mb)
     batch_size = int(batch_size)
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch_size}", field="batch_size")
@@ -304,8 +341,93 @@ def evaluate(
         metrics=means,
         n_users=n_eval,
         per_user={n: v.cpu().numpy() for n, v in per.items()} if per_user else None,
+        n_chunks=len(hit_chunks),
         **result_kwargs,
     )
 
 
-__all__ = ["EvalResult", "evaluate", "default_exclude", "PHASES", "DEFAULT_EXCLUDE", "ScoreFn"]
+def top_k_unobserved(
+    model: nn.Module | ScoreFn,
+    split: Split,
+    k: int,
+    users: Sequence[int] | np.ndarray | torch.Tensor | None = None,
+    chunk_users: int | None = None,
+    exclude: Sequence[str] | str = ("train",),
+) -> torch.Tensor:
+    """Each user's top-`k` items among those not in `exclude` parts, best first.
+
+    Scores come from ``model.score(users)`` (B, n_items) in user chunks under no_grad with the
+    model in eval mode; the items of the `exclude` parts (default: the user's training items;
+    ``()`` masks nothing) are set to -inf, then ``torch.topk`` picks k per row (ties in topk
+    order). A rank whose score is -inf (the user has fewer than k allowed items) holds -1.
+
+    Args:
+        model: a Recommender or a callable ``score_fn(users) -> (B, n_items)``.
+        split: gives the catalogue size and the masked parts.
+        k: list length (1 <= k <= n_items).
+        users: internal user ids (default: every user, 0..n_users-1).
+        chunk_users: users per chunk (default about `DEFAULT_CHUNK_ELEMENTS` scores per chunk).
+        exclude: part names whose items are masked.
+
+    Returns:
+        (len(users), k) int32 item ids on the CPU.
+    """
+    n_items = split.n_items
+    k = int(k)
+    if not 1 <= k <= n_items:
+        raise ConfigError(f"top-K of {k} items asked; K must be in 1..{n_items}", field="k")
+    if isinstance(exclude, str):
+        exclude = (exclude,)
+    for name in exclude:
+        if name not in ("train", "valid", "test"):
+            raise ConfigError(f"unknown split part {name!r} in exclude; use train, valid or test")
+    scorer, module, dev = _resolve_scorer(model, None)
+    if users is None:
+        ids = np.arange(split.n_users, dtype=np.int64)
+    else:
+        ids = np.asarray(torch.as_tensor(users).cpu().numpy(), dtype=np.int64).reshape(-1)
+    chunk = int(chunk_users) if chunk_users else max(1, DEFAULT_CHUNK_ELEMENTS // n_items)
+    mask_keys = mask_ptr = None
+    if exclude:
+        mask = split.part(exclude[0])
+        for name in exclude[1:]:
+            mask = mask + split.part(name)
+        mask_keys_np, mask_ptr = _row_keys(sp.csr_matrix(mask)[ids], n_items)
+        mask_keys = torch.as_tensor(mask_keys_np, device=dev)
+    users_t = torch.as_tensor(ids, device=dev)
+    out = torch.empty((len(ids), k), dtype=torch.int32)
+    was_training = module.training if module is not None else False
+    if module is not None:
+        module.eval()
+    try:
+        with torch.no_grad():
+            for start in range(0, len(ids), chunk):
+                end = min(start + chunk, len(ids))
+                scores = scorer(users_t[start:end])
+                if scores.dtype != torch.float32:
+                    scores = scores.float()
+                elif scores._base is not None or not scores.is_contiguous():
+                    scores = scores.clone(memory_format=torch.contiguous_format)
+                if mask_keys is not None:
+                    flat = mask_keys[mask_ptr[start] : mask_ptr[end]] - start * n_items
+                    scores.view(-1).index_fill_(0, flat, float("-inf"))
+                vals, idx = torch.topk(scores, k, dim=1)
+                idx[torch.isneginf(vals)] = -1
+                out[start:end] = idx.to(torch.int32).cpu()
+    finally:
+        if module is not None and was_training:
+            module.train()
+    return out
+
+
+__all__ = [
+    "DEFAULT_MEMORY_BUDGET_MB",
+    "EvalResult",
+    "chunk_rows",
+    "evaluate",
+    "top_k_unobserved",
+    "default_exclude",
+    "PHASES",
+    "DEFAULT_EXCLUDE",
+    "ScoreFn",
+]

@@ -32,6 +32,7 @@ from recpress.runs import (
     write_json,
 )
 from recpress.training import Trainer, distributed
+from recpress.training.memory import peak_memory
 from recpress.training.trainer import resolve_device
 
 
@@ -161,6 +162,7 @@ def train_run(
         "device": str(next(model.parameters()).device),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "memory": peak_memory(),
     }
     if rank.enabled:  # absent from single-process runs, as before
         metrics["processes"] = rank.world

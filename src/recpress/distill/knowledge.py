@@ -64,6 +64,7 @@ class Knowledge:
         self.split_fingerprint = split.fingerprint()
         self.n_users, self.n_items = split.n_users, split.n_items
         self._train = split.train
+        self._split = split
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.source = source
         #: working memory of one chunk of teacher scores (None: the evaluation default)
@@ -236,16 +237,12 @@ class Knowledge:
 
     @torch.no_grad()
     def _compute_user(self, n: int, mask: bool) -> torch.Tensor:
-        dev = self._device()
-        chunk = self._chunk()
-        out = torch.empty((self.n_users, n), dtype=torch.int32)
-        for s in range(0, self.n_users, chunk):
-            e = min(s + chunk, self.n_users)
-            scores = self._teacher_scores(s, e, dev, mask)
-            vals, idx = torch.topk(scores, n, dim=1)
-            idx[torch.isneginf(vals)] = -1
-            out[s:e] = idx.to(torch.int32).cpu()
-        return out
+        from recpress.evaluation.ranking import top_k_unobserved
+
+        exclude = ("train",) if mask else ()
+        return top_k_unobserved(
+            self.teacher, self._split, n, chunk_users=self._chunk(), exclude=exclude
+        )
 
     @torch.no_grad()
     def _compute_item(self, n: int, mask: bool) -> torch.Tensor:

@@ -263,6 +263,12 @@ def test_dot_excluded_lse_and_a_reused_workspace():
     (ref * torch.arange(1.0, 5.0)).sum().backward()
     assert torch.allclose(got, ref, atol=1e-6)
     assert torch.allclose(gu, u.grad, atol=1e-6) and torch.allclose(gi, items.grad, atol=1e-6)
+    # a loose shift bound (one huge excluded item): the kept mass underflows, the row is redone
+    far = torch.tensor([[30.0, 0.0, 0.0], [0.0, 0.0, 0.0]], requires_grad=True)
+    table = torch.tensor([[9.0, 0.0, 0.0], [0.0, 1.0, 0.0], [-1.0, 0.5, 0.0]])
+    got = dot_excluded_lse(far, table, torch.tensor([0, 1]), torch.tensor([0, 0]))
+    ref = torch.logsumexp(far.detach() @ table[1:].T, dim=1)
+    assert torch.allclose(got.detach(), ref, atol=1e-5)
     first = dot_excluded_lse(u, items, rows, cols, ws)
     dot_excluded_lse(u, items, rows, cols, ws)  # takes the workspace over
     with pytest.raises(RuntimeError, match="backward"):

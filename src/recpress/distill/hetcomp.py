@@ -212,12 +212,11 @@ class Workspace:
             )
 
 
-def _exp_rows_(e: torch.Tensor, rows, cols, rescore) -> tuple[torch.Tensor, torch.Tensor]:
-    """Turn scores `e` (B, n) in place into exp(e − m) with the entries (rows, cols) zeroed;
-    returns (m, Σ) (B, 1). Rows whose kept mass underflows (every kept score ~87 or more below
-    an excluded one) are redone from ``rescore(row ids)`` with the max over the kept entries."""
-    m = e.amax(1, keepdim=True)
-    e.sub_(m).exp_()
+def _exp_rows_(e: torch.Tensor, m: torch.Tensor, rows, cols, rescore) -> torch.Tensor:
+    """`e` (B, n) holds exp(s − m) for a per-row shift m (B, 1) ≥ the row's max score: zero
+    the entries (rows, cols) in place and return Σ (B, 1). Rows whose kept mass underflows
+    (every kept score ~69 or more below m) are redone from ``rescore(row ids)`` with the max of
+    their kept entries, updating m in place."""
     e[rows, cols] = 0.0
     total = e.sum(1, keepdim=True)
     low = (total < 1e-30).squeeze(1)
@@ -231,7 +230,7 @@ def _exp_rows_(e: torch.Tensor, rows, cols, rescore) -> tuple[torch.Tensor, torc
         e[low_rows] = (kept - m_low).exp()
         m[low_rows] = m_low
         total[low_rows] = e[low_rows].sum(1, keepdim=True)
-    return m, total
+    return total
 
 
 def _softmax_grad_(e: torch.Tensor, total: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -247,8 +246,9 @@ class _ExcludedLSE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, scores, rows, cols, ws):
         e, ctx.generation = ws.take(tuple(scores.shape), scores)
-        e.copy_(scores)
-        m, total = _exp_rows_(e, rows, cols, lambda r: scores[r])
+        m = scores.amax(1, keepdim=True)
+        torch.sub(scores, m, out=e).exp_()
+        total = _exp_rows_(e, m, rows, cols, lambda r: scores[r])
         ctx.e, ctx.total, ctx.ws = e, total, ws
         return (m + torch.log(total)).squeeze(1)
 
@@ -260,14 +260,18 @@ class _ExcludedLSE(torch.autograd.Function):
 
 class _DotExcludedLSE(torch.autograd.Function):
     """The same LSE of the scores u @ itemsᵀ (u (B, d), items (n, d)), computed into the
-    workspace: the score rows are never a separate tensor; backward G = softmax·grad gives
-    ∂u = G @ items and ∂items = Gᵀ @ u."""
+    workspace: the score rows are never a separate tensor. The shift m_b = ‖u_b‖·max_i ‖v_i‖
+    (≥ every score, Cauchy–Schwarz) rides in the product as an extra column, so
+    [u, −m] @ [items, 1]ᵀ = s − m needs no pass of its own. Backward: G = softmax·grad,
+    ∂u = G @ items, ∂items = Gᵀ @ u."""
 
     @staticmethod
     def forward(ctx, u, items, rows, cols, ws):
         e, ctx.generation = ws.take((u.shape[0], items.shape[0]), u)
-        torch.mm(u, items.T, out=e)
-        m, total = _exp_rows_(e, rows, cols, lambda r: u[r] @ items.T)
+        m = u.norm(dim=1, keepdim=True) * items.norm(dim=1).amax()
+        ones = torch.ones(items.shape[0], 1, dtype=items.dtype, device=items.device)
+        torch.mm(torch.cat([u, -m], 1), torch.cat([items, ones], 1).T, out=e).exp_()
+        total = _exp_rows_(e, m, rows, cols, lambda r: u[r] @ items.T)
         ctx.save_for_backward(u, items)
         ctx.e, ctx.total, ctx.ws = e, total, ws
         return (m + torch.log(total)).squeeze(1)

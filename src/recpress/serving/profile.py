@@ -10,16 +10,15 @@ current process with the current torch thread setting (recorded in the profile):
 * ``latency_ms``: p50 / p95 / p99 of single-user top-K requests (internal ids, seen masked) over
   `n_requests` random users after `warmup` requests.
 * ``throughput_users_per_s``: all users, top-K, chunked; best of `repeats` passes.
-* ``memory``: process peak RSS (``resource.getrusage``; includes everything loaded so far) and
-  the working set the scorer needs (embeddings + seen CSR + one chunk of scores).
+* ``memory``: process peak RSS (``resource.getrusage``; includes everything loaded so far;
+  on CUDA also ``torch.cuda.max_memory_allocated``) and the working set the scorer needs
+  (embeddings + seen CSR + one chunk of scores).
 * ``ratios``: teacher ÷ student for a student whose metrics.json names its teacher.
 """
 
 from __future__ import annotations
 
 import platform
-import resource
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -39,11 +38,7 @@ from recpress.runs import (
 )
 from recpress.serving.artifact import Artifact
 from recpress.serving.recommender import TopKRecommender
-
-
-def _peak_rss_mb() -> float:
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+from recpress.training.memory import peak_memory
 
 
 def measure_latency(
@@ -112,7 +107,7 @@ def profile_artifact(
     workers = torch.get_num_threads() if rec.selector == "numba" else 1  # a buffer each
     strips = 0 if rec._item_tiles is None else int(rec._item_tiles.nbytes)  # the items again
     prof["memory"] = {
-        "peak_rss_mb": _peak_rss_mb(),
+        **peak_memory(),  # peak_rss_mb, and cuda_max_allocated_mb where CUDA is in use
         "working_set_mb": round(
             (emb_bytes + seen_bytes + strips + workers * rec.chunk_users * n_items * 4) / 2**20,
             2,

@@ -49,8 +49,9 @@ KNOWLEDGE_DIR = "knowledge"
 TRAJECTORIES = "trajectories.safetensors"
 CHECKPOINTS_DIR = "checkpoints"
 
-#: files a run of another config is replaced by on ``overwrite`` (knowledge/ is kept)
-RUN_FILES = (CONFIG, METRICS, SPLIT, CHECKPOINT, HISTORY, WEIGHTS, AUX_WEIGHTS)
+#: files a run of another config is replaced by on ``overwrite`` (knowledge/ is kept;
+#: checkpoints/ goes too)
+RUN_FILES = (CONFIG, METRICS, SPLIT, CHECKPOINT, HISTORY, WEIGHTS, AUX_WEIGHTS, TRAJECTORIES)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -120,6 +121,8 @@ def prepare_run_dir(
     if overwrite and run_dir.exists():
         for name in RUN_FILES:
             (run_dir / name).unlink(missing_ok=True)
+        for kept in (run_dir / CHECKPOINTS_DIR).glob("epoch_*.safetensors"):
+            kept.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / CONFIG, config_yaml)
     return "new"

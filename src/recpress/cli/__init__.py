@@ -18,7 +18,7 @@ from recpress.cli import core  # noqa: F401,E402  (registers commands)
 from recpress.cli.app import app, err_console
 from recpress.errors import RecPressError
 
-for _name in ("distill", "experiments", "serving", "compress"):
+for _name in ("distill", "experiments", "serving", "compress", "trajectories"):
     try:
         __import__(f"recpress.cli.{_name}")
     except ModuleNotFoundError as _err:  # an area not present in this build

@@ -24,6 +24,7 @@ from recpress.training import distributed
 from recpress.training.config import TrainConfig
 from recpress.training.objective import TrainingObjective
 from recpress.training.optim import make_optimizer
+from recpress.training.trajectories import record_epoch, records_epoch
 
 
 def resolve_device(device: str) -> torch.device:
@@ -169,6 +170,9 @@ class Trainer:
                 seconds = time.perf_counter() - t0
                 train_seconds += seconds
                 row: dict = {"epoch": epoch, "loss": float(total), "seconds": round(seconds, 4)}
+                if write_path is not None and records_epoch(cfg, epoch):  # lists / kept weights
+                    caught_up = flush is None or evaluating or bool(distillers)
+                    record_epoch(write_path, cfg, epoch, model, split, optimizer, not caught_up)
 
                 if evaluating:
                     valid = evaluate(model, split, ks=cfg.ks, phase="valid").metrics

@@ -29,6 +29,7 @@ from recpress.runs import (
     SPLIT,
     prepare_run_dir,
     read_json,
+    split_record,
     write_json,
 )
 from recpress.training import Trainer, distributed
@@ -39,15 +40,6 @@ from recpress.training.trainer import resolve_device
 def load_split_for(config: RunConfig | DataConfig) -> Split:
     """Load the split a run config (or its data section) names (DataError / ConfigError)."""
     return load_data_split(config.data if isinstance(config, RunConfig) else config)
-
-
-def split_record(split: Split) -> dict[str, Any]:
-    return {
-        "dataset": split.dataset,
-        "protocol": split.protocol,
-        "fingerprint": split.fingerprint(),
-        **split.stats(),
-    }
 
 
 def load_teachers(config: RunConfig, split: Split) -> dict[str, Knowledge]:

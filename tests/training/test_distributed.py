@@ -61,6 +61,32 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _step_gradient_error(rank: int, split, reduction: str) -> float:
+    """Largest difference between the gradient DDP applies for one global batch of 64 (each
+    rank backpropagating its half) and the one-process gradient of the whole batch."""
+    from recpress.data.sampling import epoch_triples
+    from recpress.models.base import TripletBatch
+    from recpress.training import TrainingObjective, distributed
+    from recpress.training.trainer import _wrap_distributed
+
+    users, pos, neg = epoch_triples(split, torch.Generator().manual_seed(9))
+    half = slice(32 * rank, 32 * (rank + 1))
+    model = BPRMF(4).build(split, generator=torch.Generator().manual_seed(0))
+    step = _wrap_distributed(
+        TrainingObjective(model, reduction=reduction), distributed.info(), torch.device("cpu"),
+        reduction,
+    )  # fmt: skip
+    step(TripletBatch(users[half], pos[half], neg[half]), 0).backward()
+    ref = BPRMF(4).build(split, generator=torch.Generator().manual_seed(0))
+    TrainingObjective(ref, reduction=reduction)(
+        TripletBatch(users[:64], pos[:64], neg[:64]), 0
+    ).backward()
+    return max(
+        float((p.grad.to_dense() - q.grad.to_dense()).abs().max())
+        for p, q in zip(model.parameters(), ref.parameters(), strict=True)
+    )
+
+
 def _worker(rank: int, port: int, out: str) -> None:
     """One rank: a 3-epoch run, and a run interrupted after 2 epochs then resumed."""
     os.environ.update(
@@ -84,6 +110,8 @@ def _worker(rank: int, port: int, out: str) -> None:
     trainer_module.atomic_write_bytes = counting_write
     root = Path(out)
     split = _split()
+    distributed.setup("cpu")
+    gradient_errors = {r: _step_gradient_error(rank, split, r) for r in ("sum", "mean")}
     model = BPRMF(8)
     result = Trainer(_config()).fit(model, split, run_dir=root / "run", progress=False)
     sharded = distributed.evaluate(model, split, ks=KS, phase="test", per_user=True)
@@ -98,6 +126,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         "losses": [row["loss"] for row in result.history],
         "sharded": sharded.metrics,
         "sharded_users": sharded.users.tolist(),
+        "gradient_errors": gradient_errors,
     }
     (root / f"rank{rank}.json").write_text(json.dumps(report))
     distributed.barrier()  # no rank leaves the group while the other still talks to it
@@ -116,6 +145,14 @@ def test_only_rank_0_writes_the_run_directory(ranks):
     assert {"model.safetensors", "history.csv", "checkpoint.pt"} <= set(reports[0]["writes"])
     assert reports[1]["writes"] == []
     assert (out / "run" / "model.safetensors").is_file()
+
+
+def test_one_step_applies_the_global_batch_gradient(ranks):
+    """Summed loss: the ranks' gradients are summed; mean: averaged (= the global mean)."""
+    _, reports = ranks
+    for report in reports:
+        for reduction, error in report["gradient_errors"].items():
+            assert error < 1e-6, (reduction, error)
 
 
 def test_ranks_end_with_the_same_weights_and_losses(ranks):

@@ -17,8 +17,8 @@ def test_hetcomp_config_plans_six_teachers_with_trajectories_and_four_students()
     for name, spec in cfg.teachers.items():
         assert spec.model.name == name
         kept = spec.train.keep_checkpoints
-        # at least 3 checkpoints, the last one the final model
-        assert len(kept) >= 3 and kept[-1] == spec.train.epochs - 1, name
+        # at least 2 checkpoints, the last one the final model
+        assert len(kept) >= 2 and kept[-1] == spec.train.epochs - 1, name
         # each kept epoch is evaluated, so the report's curve passes through it
         assert all(e % spec.train.eval_every == 0 or e == kept[-1] for e in kept), name
     runs = plan(cfg, "/s")

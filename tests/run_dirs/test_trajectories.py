@@ -18,6 +18,7 @@ from recpress.experiments.run import train_run
 from recpress.experiments.trajectories import make_trajectories
 from recpress.models import make_model
 from recpress.models.bpr import BPRMF
+from recpress.models.registry import MODELS
 from recpress.runs import (
     TRAJECTORIES,
     WEIGHTS,
@@ -219,3 +220,31 @@ def test_cli_makes_lists_and_names_the_kept_epochs(runs, tmp_path, capsys):
     assert torch.equal(
         read_trajectories(copy).lists, read_trajectories(runs["recorded"], epochs=[0, 2]).lists
     )
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_records_the_lists_its_kept_weights_give(name, runs, tmp_path):
+    """Score-only and user-batch models included: the trainer's lists at each recorded epoch
+    equal the lists made afterwards from the weights kept at that epoch."""
+    config = tiny_config(runs["data"], epochs=3)
+    params = {} if name in ("multvae", "cdae") else {"embedding_dim": 8}
+    train = TrainConfig(
+        epochs=3,
+        eval_every=2,
+        batch_size=128,
+        device="cpu",
+        trajectory_epochs=[0, 1],
+        trajectory_k=9,
+        keep_checkpoints=[0, 1],
+    )
+    model = type(config.model)(name=name, **params)
+    out = tmp_path / name
+    train_run(config.model_copy(update={"model": model, "train": train}), out, progress=False)
+    trainer = read_trajectories(out)
+    (out / TRAJECTORIES).unlink()
+    made = make_trajectories(out, [0, 1], k=9)
+    assert made.lists.shape == (2, 40, 9) and made.lists.dtype == torch.int32
+    assert torch.equal(trainer.lists, made.lists)
+    train_rows = load_split_of(out).train.toarray() > 0
+    for lists in made.lists.numpy().astype(np.int64):
+        assert not np.take_along_axis(train_rows, lists, 1).any()

@@ -421,9 +421,9 @@ class HetComp(Distiller):
     multi_teacher: ClassVar[bool] = True
     requires = frozenset({"topk"})
     default_weight = 0.005
-    # bench/bench_hetcomp.py, d=20, batch 1024, 1 thread: ~40x the no-KD epoch (the full
-    # score rows of the batch users dominate)
-    epoch_cost = 40.0
+    # bench/results/hetcomp_speed.json: ~64x the no-KD epoch at d=20 (the full score rows of
+    # the batch users dominate; about IR-RRD's cost)
+    epoch_cost = 60.0
     reduction = "sum"
 
     def __init__(

@@ -57,7 +57,7 @@ class MultVAE(Recommender):
         latent_dim: width of z (200).
         dropout: input dropout probability p on the normalised row.
         anneal_cap: the largest β.
-        anneal_steps: updates over which β rises by 1/anneal_steps per update.
+        anneal_steps: β rises by 1/anneal_steps per update until it reaches anneal_cap.
     """
 
     name = "multvae"

@@ -286,12 +286,14 @@ def write_trajectories(
     epochs: Sequence[int],
     lists: torch.Tensor,
     fingerprint: Mapping[str, Any] | None,
+    replace: bool = False,
 ) -> Path:
     """Store (C, n_users, K) int32 `lists` of 0-based `epochs` in ``trajectories.safetensors``.
 
     The write is atomic and merges with the epochs already stored (a stored epoch given again
-    is replaced). Stored lists of another K or another split (fingerprint) are a ConfigError:
-    remove the file to start over. Returns the file's path.
+    is replaced); ``replace`` drops the stored ones instead. Stored lists of another K or
+    another split (fingerprint) are a ConfigError: remove the file to start over. Returns the
+    file's path.
     """
     from safetensors.torch import save_file
 
@@ -310,7 +312,7 @@ def write_trajectories(
     path = run_dir / TRAJECTORIES
     stored: dict[int, torch.Tensor] = {}
     record = dict(fingerprint) if fingerprint is not None else None
-    if path.is_file():
+    if path.is_file() and not replace:
         stored, stored_k, stored_split = _read_raw(path)
         old_fp = (stored_split or {}).get("fingerprint")
         new_fp = (record or {}).get("fingerprint")
@@ -381,8 +383,8 @@ def read_trajectories(
     if k is not None and int(k) > stored_k:
         raise ConfigError(
             f"{path} holds top-{stored_k} lists but top-{int(k)} are asked; make longer ones "
-            f"with `{_trajectory_command(run_dir, sorted(stored))} --k {int(k)}` after removing "
-            f"{TRAJECTORIES}, or ask for K <= {stored_k}"
+            f"with `{_trajectory_command(run_dir, sorted(stored))} --k {int(k)}` (from the "
+            f"run's kept weights), or ask for K <= {stored_k}"
         )
     chosen = sorted(stored) if epochs is None else [int(e) for e in epochs]
     missing = [e for e in chosen if e not in stored]

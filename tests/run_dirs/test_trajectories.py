@@ -144,8 +144,20 @@ def test_lists_made_from_kept_checkpoints_equal_the_trainers(runs, tmp_path):
     assert shorter.k == 3 and torch.equal(shorter.lists[0], trainer.lists[1, :, :3])
     with pytest.raises(ConfigError, match=r"no weights for epochs \[1\].*epochs \[0, 2\]"):
         make_trajectories(copy, [1, 2], k=7)
-    with pytest.raises(ConfigError, match="--overwrite"):
-        make_trajectories(copy, [0], k=20)
+    # a longer K remakes every stored epoch from its kept weights
+    longer = make_trajectories(copy, [2], k=20)
+    assert read_trajectories(copy).epochs == [0, 2, 3] and longer.lists.shape == (1, 40, 20)
+    split = load_split_of(copy)
+    model = BPRMF(8).build(split, torch.Generator().manual_seed(0))
+    model.load_state_dict(load_file(str(checkpoint_path(copy, 0))))
+    assert torch.equal(
+        read_trajectories(copy, epochs=[0]).lists[0], top_k_unobserved(model, split, 20)
+    )
+    checkpoint_path(copy, 0).unlink()  # now epoch 0 cannot be remade
+    with pytest.raises(ConfigError, match=r"epochs \[0\] have no kept weights.*--overwrite"):
+        make_trajectories(copy, [2], k=30)
+    assert make_trajectories(copy, [2], k=30, overwrite=True).epochs == [2]
+    assert read_trajectories(copy).epochs == [2]
 
 
 def test_an_interrupted_run_ends_with_the_same_lists(runs, tmp_path):

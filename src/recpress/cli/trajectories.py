@@ -34,12 +34,13 @@ def trajectories(
         Path | None, typer.Option(help="Folder holding the dataset files.")
     ] = None,
     overwrite: Annotated[
-        bool, typer.Option(help="Start trajectories.safetensors afresh (e.g. for a longer K).")
+        bool, typer.Option(help="Drop the stored lists first (trajectories.safetensors afresh).")
     ] = False,
 ) -> None:
     """Store per-user top-K unobserved lists (HetComp teacher trajectories) of a run at chosen
     epochs, from its kept checkpoints (train.keep_checkpoints) or, for the selected epoch,
-    model.safetensors. Epochs already stored are skipped."""
+    model.safetensors. Epochs already stored are skipped; a larger --k than stored remakes
+    them all."""
     from recpress.experiments.trajectories import make_trajectories
 
     made = make_trajectories(

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import torch
+
 from recpress.errors import ConfigError
 from recpress.models import Recommender, build_model
 from recpress.models.config import ModelConfig
@@ -68,8 +70,9 @@ def make_trajectories(
     lists at 0-based `epochs`, from the weights kept for those epochs.
 
     Epochs already stored with at least `k` items are not recomputed (an interrupted call
-    resumes); each epoch is written atomically as soon as it is made. Lists stored with another
-    length are a ConfigError unless ``overwrite`` (the file is then started afresh). A missing
+    resumes); each epoch is written atomically as soon as it is made. New epochs get the stored
+    length when it is at least `k`; a larger `k` remakes every stored epoch at `k` (from its
+    kept weights) and replaces the file once. ``overwrite`` starts the file afresh. A missing
     epoch is a ConfigError naming the epochs that can be made. `progress` receives one line per
     epoch. Returns the stored trajectories of `epochs`, cut to `k`.
     """
@@ -90,13 +93,15 @@ def make_trajectories(
     if overwrite:
         path.unlink(missing_ok=True)
     stored, stored_k = stored_trajectory_epochs(run_dir)
-    if stored and stored_k < k:
-        raise ConfigError(
-            f"{path} holds top-{stored_k} lists (epochs {stored}); top-{k} are asked: pass "
-            f"--k {stored_k} or less, or --overwrite to make top-{k} lists afresh"
-        )
-    todo = [e for e in epochs if e not in stored]
     sources = weight_sources(run_dir)
+    longer = bool(stored) and stored_k < k  # every list is remade at the new length
+    if longer and any(e not in sources for e in stored):
+        raise ConfigError(
+            f"{path} holds top-{stored_k} lists (epochs {stored}) and top-{k} are asked, but "
+            f"epochs {[e for e in stored if e not in sources]} have no kept weights to remake "
+            f"them from: pass --k {stored_k} or less, or --overwrite to drop the stored lists"
+        )
+    todo = sorted(set(epochs) | set(stored)) if longer else [e for e in epochs if e not in stored]
     missing = [e for e in todo if e not in sources]
     if missing:
         raise ConfigError(
@@ -116,15 +121,22 @@ def make_trajectories(
         raw = load_yaml(run_dir / CONFIG)
         config = parse_config(ModelConfig, dict(raw.get("model") or {}), f"{run_dir} model")
         model: Recommender = build_model(config, split)
-        length = min(stored_k or k, split.n_items)  # a longer stored K is kept for new epochs
+        length = k if longer or not stored else stored_k  # new epochs keep the stored length
+        made = []
         for i, epoch in enumerate(todo, 1):
             source = sources[epoch]
             if progress is not None:
                 where = source.relative_to(run_dir)
                 progress(f"epoch {epoch} ({i}/{len(todo)}): top-{length} lists from {where}")
             model.load_state_dict(load_file(str(source)))
-            lists = top_k_unobserved(model, split, length)
-            write_trajectories(run_dir, [epoch], lists.unsqueeze(0), split_record(split))
+            lists = top_k_unobserved(model, split, length).unsqueeze(0)
+            if longer:  # the file is replaced once every list is made
+                made.append(lists)
+            else:  # written one epoch at a time: an interrupted call resumes
+                write_trajectories(run_dir, [epoch], lists, split_record(split))
+        if longer:
+            lists = torch.cat(made)
+            write_trajectories(run_dir, todo, lists, split_record(split), replace=True)
     elif progress is not None:
         progress(f"epochs {epochs} are stored already")
     return read_trajectories(run_dir, epochs=epochs, k=k)

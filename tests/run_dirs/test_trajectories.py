@@ -260,3 +260,13 @@ def test_every_model_records_the_lists_its_kept_weights_give(name, runs, tmp_pat
     train_rows = load_split_of(out).train.toarray() > 0
     for lists in made.lists.numpy().astype(np.int64):
         assert not np.take_along_axis(train_rows, lists, 1).any()
+
+
+def test_overwrite_drops_lists_and_kept_weights_of_the_old_run(runs, tmp_path):
+    from recpress.runs import prepare_run_dir
+
+    copy = tmp_path / "over"
+    shutil.copytree(runs["recorded"], copy)
+    assert prepare_run_dir(copy, "other: config\n", overwrite=True) == "new"
+    assert not (copy / TRAJECTORIES).exists()
+    assert not checkpoint_path(copy, 0).exists() and not checkpoint_path(copy, 2).exists()

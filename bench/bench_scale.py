@@ -11,7 +11,9 @@ For each size N (interactions), users and items scale with Gowalla's ratio (29,8
   catalogue, so the full evaluation (all users) is that time x users, quadratic in N when
   users and items both grow (``eval_all_users_seconds_estimate``);
 * ``htd``: a d=8 HTD student epoch at τ = 1 (the expensive early epoch) with the d=64 model as
-  teacher, timed over the first ``--htd-batches`` batches and scaled to the epoch's batches;
+  teacher, timed over ``--htd-batches`` batches after 10 untimed ones (where a compiled
+  optimiser step compiles) and scaled to the epoch's batches; with the mean number of batch
+  entities (unique users + items, at most 3 x 1024), which HTD's cost per batch follows;
 * the process's peak RSS after each phase (monotone: the high-water mark so far).
 
 Linearity: seconds per training interaction at the largest size ÷ at the smallest (target
@@ -52,30 +54,46 @@ def _rss() -> float:
     return peak_rss_mb()
 
 
-def _epoch(objective, optimizer, model, split, generator, batch_size, limit=None) -> dict:
-    """One pass of the trainer's loop (the same calls); `limit` stops after that many batches."""
-    t0 = time.perf_counter()
+def _epoch(objective, optimizer, model, split, generator, batch_size, limit=None, warmup=0) -> dict:
+    """One pass of the trainer's loop (the same calls). With `limit`, the `warmup` first
+    batches (a compiled optimiser step compiles there) are run untimed and the next `limit`
+    timed, and the epoch time is scaled from them; the mean unique users + items per timed
+    batch is recorded (what HTD's per-batch cost follows)."""
+    from recpress.distill.topology import batch_entities
+
     n_batches = 0
+    entities = 0
     total = -(-int(split.train.nnz) // batch_size)
-    for batch in model.epoch_batches(split, generator, batch_size, "cpu"):
+    t0 = time.perf_counter()
+    for i, batch in enumerate(model.epoch_batches(split, generator, batch_size, "cpu")):
+        if limit is not None and i == warmup:
+            t0 = time.perf_counter()
+        timed = limit is None or i >= warmup
+        if timed and limit is not None:
+            users, items = batch_entities(batch)
+            entities += users.numel() + items.numel()
         loss = objective(batch, 0)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         model.post_step(batch)
-        n_batches += 1
+        n_batches += timed
         if limit is not None and n_batches >= limit:
             break
     flush = getattr(optimizer, "flush", None)
     if flush is not None:
         flush()
     seconds = time.perf_counter() - t0
-    return {
+    out = {
         "seconds": round(seconds, 3),
         "batches_timed": n_batches,
         "batches_per_epoch": total,
         "epoch_seconds": round(seconds * total / n_batches, 3),
     }
+    if limit is not None:
+        out["entities_per_batch"] = round(entities / n_batches, 1)
+        out["ms_per_batch"] = round(seconds / n_batches * 1e3, 2)
+    return out
 
 
 def child(n: int, eval_users: int, htd_batches: int, seed: int) -> dict:
@@ -138,7 +156,7 @@ def child(n: int, eval_users: int, htd_batches: int, seed: int) -> dict:
     htd.on_epoch_start(student, 0, gen)
     objective = TrainingObjective(student, [(htd, 1e-3)])
     opt = make_optimizer("lazy", objective.parameters(), 1e-3, 1e-3)
-    htd_epoch = _epoch(objective, opt, student, split, gen, 1024, htd_batches)
+    htd_epoch = _epoch(objective, opt, student, split, gen, 1024, htd_batches, warmup=10)
     out["htd"] = {**htd_epoch, "rss_mb": _rss()}
     out["peak_rss_mb"] = _rss()
     out["torch_threads"] = torch.get_num_threads()
@@ -159,7 +177,9 @@ def summarise(rows: list[dict]) -> dict:
         return round(b / a, 3)
 
     eval_per_item = [r["eval"]["seconds_per_user"] / r["items"] for r in (small, large)]
+    per_entity = [r["htd"]["ms_per_batch"] / r["htd"]["entities_per_batch"] for r in (small, large)]
     return {
+        "htd_ms_per_batch_entity_ratio": round(per_entity[1] / per_entity[0], 3),
         "bpr_seconds_per_interaction_ratio": ratio("bpr"),
         "htd_seconds_per_interaction_ratio": ratio("htd"),
         "eval_seconds_per_user_item_ratio": round(eval_per_item[1] / eval_per_item[0], 3),

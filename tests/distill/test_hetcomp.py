@@ -525,3 +525,22 @@ def test_without_bpr_the_objective_is_the_kd_term_alone():
         alone = TrainingObjective(student, [(d, 0.005)])(b, 0)
     assert alone.item() == pytest.approx(0.005 * kd.item(), rel=1e-6)
     assert both.item() == pytest.approx(0.005 * kd.item() + student(b).sum().item(), rel=1e-6)
+
+
+def test_teachers_trained_with_trajectories_feed_hetcomp(teacher_runs, tmp_path):
+    """The real path: teachers whose training stored lists at two epochs (no stand-ins)."""
+    from recpress.experiments.run import train_run
+    from recpress.runs import read_trajectories
+    from tests.run_dirs.tinyruns import tiny_config
+
+    data_file, _ = teacher_runs
+    runs = {}
+    for name, dim in (("a", 8), ("b", 6)):
+        runs[name] = tmp_path / name
+        cfg = tiny_config(data_file, dim=dim, epochs=3)
+        cfg.train = cfg.train.model_copy(update={"trajectory_epochs": [0, 2], "trajectory_k": 12})
+        train_run(cfg, runs[name], progress=False)
+    metrics = train_run(hetcomp_student(runs), tmp_path / "s", progress=False)
+    assert metrics["distill"]["teacher_of"] == {"hetcomp": ["a", "b"]}
+    assert read_trajectories(runs["a"]).epochs == [0, 2]
+    assert math.isfinite(metrics["valid"]["recall@10"])

@@ -252,7 +252,9 @@ def student_config(
 
     Data and train sections (and the model, unless `model` names another one, which then takes
     its own defaults) come from the (first) teacher run's config.yaml; the student's width is
-    `dim`. ``teacher_of`` maps method terms to teacher names (a list for a multi-teacher term).
+    `dim`; the teacher's trajectory settings (``trajectory_epochs``, ``trajectory_k``,
+    ``keep_checkpoints``) are not copied. ``teacher_of`` maps method terms to teacher names (a
+    list for a multi-teacher term).
     ``assignments`` are ``--set`` strings, ``values`` parsed values by dotted key; both are
     applied last. Raises ConfigError on any bad input.
     """
@@ -285,6 +287,13 @@ def student_config(
     if tpath is not None:
         tdata = load_yaml(tpath / "config.yaml")
         data = {k: tdata[k] for k in ("data", "train") if k in tdata}
+        # what the teacher kept for later students (trajectories, checkpoints) is not the
+        # student's business
+        data["train"] = {
+            k: v
+            for k, v in dict(data.get("train", {})).items()
+            if k not in ("trajectory_epochs", "trajectory_k", "keep_checkpoints")
+        }
         data["model"] = dict(tdata.get("model", {}))
     if model is not None and data.get("model", {}).get("name") != model:
         data["model"] = {"name": model}

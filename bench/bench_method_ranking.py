@@ -1,6 +1,7 @@
 """Does the ranking of KD methods hold across datasets? Kendall's τ between two sweep reports.
 
-Reads two or more report.json files (``recpress report``), orders the methods both report at
+Reads two or more report.json files (``recpress report``; or bench_distill.py's distill.json,
+whose means are validation-selected), orders the methods both report at
 one student dim by their mean test metric under one selection, and computes Kendall's τ-b
 (scipy.stats.kendalltau) between each pair of orders over the methods they share, with its
 two-sided p-value (exact for small n). Writes JSON.
@@ -24,17 +25,28 @@ def main(argv=None) -> dict:
     p.add_argument("reports", type=Path, nargs="+")
     p.add_argument("--dim", type=int, default=20)
     p.add_argument("--selection", default="best_valid")
+    p.add_argument(
+        "--add", action="append", help="REPORT.json:METHOD, a method of another report of the "
+        "same data added to the first report's means (e.g. FTD from the reference sweep)",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
 
-    means = {}
+    means: dict[str, dict[str, float]] = {}
     for path in args.reports:
-        table = json.loads(path.read_text())["table"]
+        data = json.loads(path.read_text())
+        if "methods" in data:  # bench_distill.py's distill.json: validation-selected means
+            means[str(path)] = {m: e["recall@50"]["mean"] for m, e in data["methods"].items()}
+            continue
         means[str(path)] = {
             key.partition("/")[2]: entry[args.selection]["mean"]
-            for key, entry in table.items()
+            for key, entry in data["table"].items()
             if key.partition("/")[0] == str(args.dim) and args.selection in entry
         }
+    for extra in args.add or []:  # "file.json:method": one method of another report
+        path, _, method = extra.rpartition(":")
+        table = json.loads(Path(path).read_text())["table"]
+        means[str(args.reports[0])][method] = table[f"{args.dim}/{method}"][args.selection]["mean"]
     orders = {name: sorted(values, key=values.get, reverse=True) for name, values in means.items()}
     pairs = []
     for a, b in itertools.combinations(means, 2):

@@ -1,20 +1,33 @@
-"""Artifacts: a trained embedding recommender as plain data (no pickle), checked on load.
+"""Artifacts: a trained recommender as plain data (no pickle), checked on load.
 
-An artifact is a folder::
+An artifact is a folder in one of two forms (manifest key ``form``; a manifest without it is
+"dot", as written before model form existed):
 
-    manifest.json        format + version, model name, sizes, dtype / quantisation, sha256 and
-                         byte size of every other file, dataset fingerprint, metrics, config
-    weights.safetensors  fp32 / fp16: ``user_emb`` (n_users, d), ``item_emb`` (n_items, d);
-                         int8 per-row: ``user_emb.q`` int8 + ``user_emb.scale`` fp32 (n_users,),
-                         same for ``item_emb`` (row r = q[r] * scale[r])
+* ``"dot"``: models whose scores are ``U @ I.T`` (or rank as one: ``dot_form()``), served from
+  the two embedding matrices.
+* ``"model"``: models with no dot-product form (NeuMF): the model's own weights, rebuilt from
+  its registered name and constructor parameters and served with its ``score`` method. No
+  quantisation and no exported scorers.
+
+Files::
+
+    manifest.json        format + version, form, model name and params, sizes, dtype /
+                         quantisation, sha256 and byte size of every other file, dataset
+                         fingerprint, metrics, config
+    weights.safetensors  dot form. fp32 / fp16: ``user_emb`` (n_users, d), ``item_emb``
+                         (n_items, d); int8 per-row: ``user_emb.q`` int8 + ``user_emb.scale``
+                         fp32 (n_users,), same for ``item_emb`` (row r = q[r] * scale[r])
+    model.safetensors    model form: the model's fp32 ``state_dict``
     ids.npz              original id maps ``user_ids`` (n_users,), ``item_ids`` (n_items,)
     seen.npz             training CSR of seen items: ``indptr`` (n_users + 1,), ``indices``;
                          ``popularity`` (n_items,) training counts for the unknown-user fallback
-    scorer.onnx / scorer.torchscript.pt   optional exported scorers (also checksummed)
+    scorer.onnx / scorer.torchscript.pt   optional exported scorers, dot form (checksummed)
 
 Loading (`load_artifact`) never executes code from the folder: json, safetensors and
-``np.load(allow_pickle=False)`` only. Every listed file must exist and match its sha256, every
-array must have the shape the manifest announces; otherwise `ArtifactError` says what and where.
+``np.load(allow_pickle=False)`` only; a model-form model is built by `recpress.models` from
+the manifest's name and params (the training CSR is its split's training part), then given the
+stored weights. Every listed file must exist and match its sha256, every array must have the
+shape the manifest announces; otherwise `ArtifactError` says what and where.
 """
 
 from __future__ import annotations
@@ -28,20 +41,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
-from recpress.errors import DataError
+from recpress.errors import ConfigError, DataError
 from recpress.fileio import sha256_file
+from recpress.models import Recommender
 
 FORMAT = "recpress-artifact"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.safetensors"
+MODEL_WEIGHTS = "model.safetensors"
 IDS = "ids.npz"
 SEEN = "seen.npz"
 ONNX_FILE = "scorer.onnx"
 TORCHSCRIPT_FILE = "scorer.torchscript.pt"
 QUANTISATIONS = ("none", "fp16", "int8")
+#: "dot": embedding matrices, scores U @ I.T; "model": the model's weights, scored by the model
+FORMS = ("dot", "model")
 
 
 class ArtifactError(DataError):
@@ -85,22 +103,33 @@ def roundtrip(mat: torch.Tensor, quantisation: str) -> torch.Tensor:
     return stored[""].float()
 
 
+def model_form_refusal(model: str, what: str) -> str:
+    """The one-line reason a model-form artifact of `model` cannot have `what`."""
+    return (
+        f"{what} needs a dot-product model, but {model!r} is exported in model form (its scores "
+        "are not U @ I.T, so there are no embedding matrices to write as a scorer or to "
+        "quantise); use --format npz without --quantise"
+    )
+
+
 # -- the in-memory object ----------------------------------------------------------------------
 @dataclass
 class Artifact:
     """A loaded (or about to be saved) artifact; embeddings are fp32 (dequantised) here.
 
     Attributes:
-        user_emb, item_emb: fp32 tensors (n_users, d), (n_items, d).
+        user_emb, item_emb: fp32 tensors (n_users, d), (n_items, d); None in model form.
         user_ids, item_ids: numpy arrays of original ids (int64 or str), one per row.
         seen_indptr, seen_indices: int64 CSR of each user's training items (internal ids).
         popularity: float32 (n_items,) training interaction counts.
         manifest: the metadata dict (as in manifest.json).
         path: where it was loaded from (None when built in memory).
+        model: model form: the trained `Recommender` whose ``score`` serves it (loaded: built on
+            the CPU, eval mode); None in dot form.
     """
 
-    user_emb: torch.Tensor
-    item_emb: torch.Tensor
+    user_emb: torch.Tensor | None
+    item_emb: torch.Tensor | None
     user_ids: np.ndarray
     item_ids: np.ndarray
     seen_indptr: np.ndarray
@@ -108,17 +137,32 @@ class Artifact:
     popularity: np.ndarray
     manifest: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    model: Recommender | None = None
+
+    @property
+    def form(self) -> str:
+        """ "model" when a model is held (or the manifest says so), else "dot"."""
+        if self.model is not None:
+            return "model"
+        return str(self.manifest.get("form", "dot"))
 
     @property
     def n_users(self) -> int:
+        if self.model is not None:
+            return int(self.model.n_users)
         return int(self.user_emb.shape[0])
 
     @property
     def n_items(self) -> int:
+        if self.model is not None:
+            return int(self.model.n_items)
         return int(self.item_emb.shape[0])
 
     @property
     def dim(self) -> int:
+        """Embedding width d (model form: the model's ``embedding_dim``, 0 when it has none)."""
+        if self.model is not None:
+            return int(self.model.embedding_dim or 0)
         return int(self.item_emb.shape[1])
 
     @property
@@ -126,6 +170,9 @@ class Artifact:
         return str(self.manifest.get("quantisation", "none"))
 
     def num_parameters(self) -> int:
+        """Inference-time parameters: both embedding matrices, or the model's parameters."""
+        if self.model is not None:
+            return int(self.model.num_parameters())
         return int(self.user_emb.numel() + self.item_emb.numel())
 
     def disk_bytes(self) -> int | None:
@@ -156,25 +203,34 @@ class Artifact:
         metrics: dict[str, Any] | None = None,
         source: str | None = None,
     ) -> Artifact:
-        """Build from a Recommender with embeddings (``score = U @ I.T``) and its `Split`.
+        """Build from a trained Recommender and its `Split` (n_users x n_items).
 
         A model with a ``dot_form()`` (users (U, d'), items (I, d') whose product ranks items as
-        its scores do: LightGCN's propagated embeddings, CML's lifted metric embeddings) is
-        exported in that form; ``dot_form() is None`` means it has none (NeuMF)."""
+        its scores do: LightGCN's propagated embeddings, CML's lifted metric embeddings), or
+        without one but with embeddings (``score = U @ I.T``, BPR-MF), is exported in dot form.
+        ``dot_form() is None`` means it has none (NeuMF): model form, the model itself, which
+        must be registered in `recpress.models.MODELS` to be rebuilt on load."""
+        from recpress.models import MODELS
+
+        name = getattr(model, "name", type(model).__name__)
         dot_form = getattr(model, "dot_form", None)
         if dot_form is not None:
             users, items = dot_form() or (None, None)
         else:
             users, items = model.user_embeddings(), model.item_embeddings()
+        held = None
         if users is None or items is None:
-            raise ArtifactError(
-                f"model {getattr(model, 'name', type(model).__name__)!r} has no embeddings or "
-                "no dot-product form; only models whose scores are U @ I.T can be exported as "
-                "artifacts"
-            )
+            if MODELS.get(name) is not type(model):
+                raise ArtifactError(
+                    f"model {name!r} has no dot-product form and is not a registered model "
+                    "(recpress.models.register), so it can be exported neither as embeddings "
+                    "nor in model form"
+                )
+            held, users, items = model, None, None
         train = split.train
         manifest = {
-            "model": getattr(model, "name", type(model).__name__),
+            "form": "dot" if held is None else "model",
+            "model": name,
             "model_params": model.get_params() if hasattr(model, "get_params") else {},
             "dataset": {
                 "name": split.dataset,
@@ -186,18 +242,30 @@ class Artifact:
             "source": source,
         }
         return cls(
-            user_emb=users.detach().float().cpu().contiguous(),
-            item_emb=items.detach().float().cpu().contiguous(),
+            user_emb=None if users is None else users.detach().float().cpu().contiguous(),
+            item_emb=None if items is None else items.detach().float().cpu().contiguous(),
             user_ids=_clean_ids(np.asarray(split.user_ids), "user_ids"),
             item_ids=_clean_ids(np.asarray(split.item_ids), "item_ids"),
             seen_indptr=train.indptr.astype(np.int64),
             seen_indices=train.indices.astype(np.int64),
             popularity=np.asarray(train.sum(axis=0)).ravel().astype(np.float32),
             manifest=manifest,
+            model=held,
         )
 
     def quantised(self, quantisation: str) -> Artifact:
-        """A copy whose embeddings went through `quantisation` (what serving it would use)."""
+        """A copy whose embeddings went through `quantisation` (what serving it would use).
+
+        Model form has no embeddings: "none" returns the artifact itself, others ArtifactError.
+        """
+        if self.form == "model":
+            if quantisation != "none":
+                raise ArtifactError(
+                    model_form_refusal(
+                        self.manifest.get("model", "?"), f"--quantise {quantisation}"
+                    )
+                )
+            return self
         manifest = dict(self.manifest, quantisation=quantisation)
         return Artifact(
             roundtrip(self.user_emb, quantisation),
@@ -227,17 +295,27 @@ class Artifact:
             raise ArtifactError(
                 f"unknown quantisation {quantisation!r}; use one of {', '.join(QUANTISATIONS)}"
             )
+        if self.form == "model" and (quantisation != "none" or extra_files):
+            what = f"--quantise {quantisation}" if quantisation != "none" else "an exported scorer"
+            raise ArtifactError(model_form_refusal(self.manifest.get("model", "?"), what))
         out = Path(out)
         if out.exists() and not overwrite:
             raise ArtifactError(f"{out} exists; choose another output or pass --overwrite")
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
-            tensors: dict[str, torch.Tensor] = {}
-            for name, mat in (("user_emb", self.user_emb), ("item_emb", self.item_emb)):
-                for suffix, t in quantise(mat, quantisation).items():
-                    tensors[name + suffix] = t
-            save_file(tensors, str(tmp / WEIGHTS))
+            if self.model is not None:
+                state = self.model.state_dict()
+                save_file(
+                    {k: v.detach().cpu().contiguous() for k, v in state.items()},
+                    str(tmp / MODEL_WEIGHTS),
+                )
+            else:
+                tensors: dict[str, torch.Tensor] = {}
+                for name, mat in (("user_emb", self.user_emb), ("item_emb", self.item_emb)):
+                    for suffix, t in quantise(mat, quantisation).items():
+                        tensors[name + suffix] = t
+                save_file(tensors, str(tmp / WEIGHTS))
             np.savez(tmp / IDS, user_ids=self.user_ids, item_ids=self.item_ids)
             np.savez(
                 tmp / SEEN,
@@ -255,12 +333,13 @@ class Artifact:
                 "format": FORMAT,
                 "format_version": FORMAT_VERSION,
                 **{k: v for k, v in self.manifest.items() if k not in ("files", "format")},
+                "form": self.form,
                 "n_users": self.n_users,
                 "n_items": self.n_items,
                 "dim": self.dim,
                 "quantisation": quantisation,
                 "dtype": {"none": "float32", "fp16": "float16", "int8": "int8"}[quantisation],
-                "score": "dot",
+                "score": "dot" if self.form == "dot" else "model",
                 "files": files,
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=_json_default))
@@ -342,13 +421,26 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
             raise _fail(path, f"{MANIFEST} field {key!r} is missing or not {kind.__name__}")
     if manifest.get("quantisation") not in QUANTISATIONS:
         raise _fail(path, f"{MANIFEST} quantisation must be one of {QUANTISATIONS}")
+    form = manifest.setdefault("form", "dot")  # written before model form existed: dot
+    if form not in FORMS:
+        raise _fail(path, f"{MANIFEST} form must be one of {FORMS}, got {form!r}")
+    if form == "model":
+        if not isinstance(manifest.get("model"), str) or not isinstance(
+            manifest.get("model_params"), dict
+        ):
+            raise _fail(
+                path, f"{MANIFEST} of form 'model' needs 'model' (a name) and 'model_params'"
+            )
+        if manifest["quantisation"] != "none":
+            raise _fail(path, f"{MANIFEST} of form 'model' must have quantisation 'none'")
     return manifest
 
 
 def verify_files(path: Path, manifest: dict[str, Any]) -> None:
     """Every file the manifest lists exists, has its byte size and its sha256."""
     files = manifest["files"]
-    for required in (WEIGHTS, IDS, SEEN):
+    weights = MODEL_WEIGHTS if manifest.get("form", "dot") == "model" else WEIGHTS
+    for required in (weights, IDS, SEEN):
         if required not in files:
             raise _fail(path, f"{MANIFEST} does not list {required}")
     for name, info in files.items():
@@ -377,10 +469,11 @@ def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
         verify_files(path, manifest)
     n_users, n_items, dim = manifest["n_users"], manifest["n_items"], manifest["dim"]
     quant = manifest["quantisation"]
+    weights = MODEL_WEIGHTS if manifest["form"] == "model" else WEIGHTS
     try:
-        tensors = load_file(str(path / WEIGHTS))
+        tensors = load_file(str(path / weights))
     except (SafetensorError, OSError, ValueError) as err:
-        raise _fail(path, f"{WEIGHTS} is not a readable safetensors file ({err})") from None
+        raise _fail(path, f"{weights} is not a readable safetensors file ({err})") from None
 
     def matrix(name: str, rows: int) -> torch.Tensor:
         want = {"none": torch.float32, "fp16": torch.float16, "int8": torch.int8}[quant]
@@ -405,8 +498,10 @@ def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
             raise _fail(path, f"{WEIGHTS}:{key} holds NaN or infinite values")
         return out.contiguous()
 
-    user_emb = matrix("user_emb", n_users)
-    item_emb = matrix("item_emb", n_items)
+    user_emb = item_emb = None
+    if manifest["form"] == "dot":
+        user_emb = matrix("user_emb", n_users)
+        item_emb = matrix("item_emb", n_items)
     ids = _npz(path, IDS, ("user_ids", "item_ids"))
     seen = _npz(path, SEEN, ("indptr", "indices", "popularity"))
     for key, arr, n in (
@@ -434,6 +529,12 @@ def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
         raise _fail(path, f"{SEEN}:indices holds item ids outside [0, {n_items})")
     if pop.shape != (n_items,) or not np.all(np.isfinite(pop)):
         raise _fail(path, f"{SEEN}:popularity must be finite of shape ({n_items},)")
+    model = None
+    if manifest["form"] == "model":
+        train = sp.csr_matrix(
+            (np.ones(len(indices), dtype=np.float32), indices, indptr), shape=(n_users, n_items)
+        )
+        model = _build_model(path, manifest, train, ids["user_ids"], ids["item_ids"], tensors)
     return Artifact(
         user_emb=user_emb,
         item_emb=item_emb,
@@ -444,4 +545,55 @@ def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
         popularity=pop.astype(np.float32),
         manifest=manifest,
         path=path,
+        model=model,
     )
+
+
+def _build_model(
+    path: Path,
+    manifest: dict[str, Any],
+    train: sp.csr_matrix,
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+    state: dict[str, torch.Tensor],
+) -> Recommender:
+    """The model-form model: built by `recpress.models.build_model` from the manifest's name
+    and params on a split whose training part is `train` (n_users, n_items), then given the
+    stored `state`; eval mode, CPU."""
+    from recpress.data.types import Split
+    from recpress.models import ModelConfig, build_model
+    from recpress.schema import parse_config
+
+    name = manifest["model"]
+    empty = sp.csr_matrix(train.shape, dtype=np.float32)
+    dataset = manifest.get("dataset") or {}
+    split = Split(
+        train=train,
+        valid=empty,
+        test=empty.copy(),
+        user_ids=user_ids,
+        item_ids=item_ids,
+        dataset=str(dataset.get("name") or ""),
+        protocol=str(dataset.get("protocol") or ""),
+    )
+    try:
+        config = parse_config(
+            ModelConfig, {"name": name, **manifest["model_params"]}, f"{MANIFEST} model"
+        )
+        # its own generator: the initial draws (overwritten next) leave the global RNG alone
+        model = build_model(config, split, generator=torch.Generator().manual_seed(0))
+    except (ConfigError, ValueError) as err:
+        raise _fail(path, f"its model {name!r} cannot be built ({err})") from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else first[0]
+        raise _fail(
+            path,
+            f"{MODEL_WEIGHTS} does not fit model {name!r} {manifest['model_params']}: {detail}",
+        ) from None
+    for key, t in model.state_dict().items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise _fail(path, f"{MODEL_WEIGHTS}:{key} holds NaN or infinite values")
+    return model.eval()

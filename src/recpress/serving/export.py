@@ -13,6 +13,10 @@ written: masked top-K ids equal to the PyTorch path (a differing id must be a ti
 PyTorch score equals the PyTorch score at that rank within tolerance) and scores within
 ``atol + rtol * |score|``. Quantisation (``fp16`` or ``int8`` per-row) is measured with the same
 evaluation code (`recpress.evaluation.evaluate`) on the split's test phase, before and after.
+
+A model without a dot-product form (NeuMF) is exported in model form (`recpress.serving.artifact`:
+its own weights, served by its ``score``): ``npz`` without quantisation only; ONNX, TorchScript
+and quantisation are refused before anything is written (they need ``scores = U @ I.T``).
 """
 
 from __future__ import annotations
@@ -29,12 +33,15 @@ import torch
 
 from recpress.errors import ConfigError
 from recpress.serving.artifact import (
+    MODEL_WEIGHTS,
     ONNX_FILE,
     QUANTISATIONS,
     TORCHSCRIPT_FILE,
+    WEIGHTS,
     Artifact,
     ArtifactError,
     load_artifact,
+    model_form_refusal,
 )
 
 FORMATS = ("npz", "onnx", "torchscript")
@@ -262,8 +269,10 @@ def export_run(
 ) -> dict[str, Any]:
     """Export the run at `run_dir` as an artifact folder `out`; returns the export report.
 
-    The report holds the files and bytes, the parity check of an exported scorer and, with
-    quantisation, the measured metric change on the test phase.
+    The report holds the form ("dot" or "model"), the files and bytes, the parity check of
+    an exported scorer and, with quantisation, the measured metric change on the test phase.
+    A model-form run (no dot-product form, e.g. NeuMF) with a `format` other than "npz" or a
+    quantisation is a ConfigError, raised before anything is written.
     """
     from recpress.runs import load_run
 
@@ -282,8 +291,13 @@ def export_run(
     base = Artifact.from_model(
         model, split, config=dict(run.config), metrics=run.metrics or {}, source=str(run_dir)
     )
+    if base.form == "model" and (format != "npz" or quantisation != "none"):
+        what = [f"--format {format}"] if format != "npz" else []
+        what += [f"--quantise {quantisation}"] if quantisation != "none" else []
+        raise ConfigError(model_form_refusal(base.manifest["model"], " and ".join(what)))
     report: dict[str, Any] = {
         "run_dir": str(run_dir),
+        "form": base.form,
         "format": format,
         "quantisation": quantisation,
     }
@@ -311,13 +325,19 @@ def export_run(
             extra[name] = path
         base.save(out, quantisation=quantisation, extra_files=extra, overwrite=overwrite)
     loaded = load_artifact(out)
-    if not (
-        torch.equal(loaded.user_emb, served.user_emb)
-        and torch.equal(loaded.item_emb, served.item_emb)
-    ):
+    if base.form == "model":
+        want = {k: v.detach().cpu() for k, v in base.model.state_dict().items()}
+        got = loaded.model.state_dict()
+        same = want.keys() == got.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    else:
+        same = torch.equal(loaded.user_emb, served.user_emb) and torch.equal(
+            loaded.item_emb, served.item_emb
+        )
+    if not same:
         raise ArtifactError(f"{out}: reloaded weights differ from the exported ones")
+    weights = MODEL_WEIGHTS if base.form == "model" else WEIGHTS
     report["artifact"] = str(out)
     report["files"] = {k: v["bytes"] for k, v in loaded.manifest["files"].items()}
     report["bytes"] = loaded.disk_bytes()
-    report["weights_bytes"] = loaded.manifest["files"]["weights.safetensors"]["bytes"]
+    report["weights_bytes"] = loaded.manifest["files"][weights]["bytes"]
     return report

@@ -3,10 +3,14 @@
 Measured on the serving path (`TopKRecommender`: product, seen items masked, exact top-K) in the
 current process with the current torch thread setting (recorded in the profile):
 
-* ``parameters``: inference-time parameters (user + item embeddings); ``training_parameters``
-  adds the KD auxiliaries a student trained with (from the run's metrics.json, if recorded).
-* ``bytes``: the run's ``model.safetensors`` on disk, and the fp32 embedding bytes in memory.
-* ``flops_per_user``: 2·d·n_items (multiply-adds of one user's scores, MF dot product).
+* ``parameters``: inference-time parameters (user + item embeddings; model form: the model's
+  parameters); ``training_parameters`` adds the KD auxiliaries a student trained with (from the
+  run's metrics.json, if recorded).
+* ``bytes``: the run's ``model.safetensors`` on disk, and the fp32 embedding (model form: fp32
+  parameter) bytes in memory.
+* ``flops_per_user``: 2·d·n_items (multiply-adds of one user's scores, MF dot product); model
+  form (NeuMF): the matrix-product FLOPs of one user's ``score`` call, counted by torch's
+  ``FlopCounterMode`` (elementwise operations are not counted).
 * ``latency_ms``: p50 / p95 / p99 of single-user top-K requests (internal ids, seen masked) over
   `n_requests` random users after `warmup` requests.
 * ``throughput_users_per_s``: all users, top-K, chunked; best of `repeats` passes.
@@ -79,6 +83,17 @@ def measure_throughput(rec: TopKRecommender, k: int = 50, repeats: int = 1) -> d
     }
 
 
+def model_flops_per_user(rec: TopKRecommender) -> int:
+    """FLOPs of the matrix products in one single-user ``score`` call of a model-form
+    recommender (torch's ``FlopCounterMode``; what a one-user request runs)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        rec.model.score(torch.zeros(1, dtype=torch.int64, device=rec.device))
+    return int(counter.get_total_flops())
+
+
 def profile_artifact(
     artifact: Artifact,
     k: int = 50,
@@ -91,14 +106,20 @@ def profile_artifact(
     rec = TopKRecommender(artifact)
     n_items, d = artifact.n_items, artifact.dim
     params = artifact.num_parameters()
-    emb_bytes = int(artifact.user_emb.numel() * 4 + artifact.item_emb.numel() * 4)
+    if artifact.form == "model":
+        emb_bytes = int(params * 4)
+        flops = model_flops_per_user(rec)
+    else:
+        emb_bytes = int(artifact.user_emb.numel() * 4 + artifact.item_emb.numel() * 4)
+        flops = 2 * d * n_items
     seen_bytes = int(artifact.seen_indptr.nbytes + artifact.seen_indices.nbytes)
     prof: dict[str, Any] = {
+        "form": artifact.form,
         "parameters": params,
         "embedding_dim": d,
         "n_users": artifact.n_users,
         "n_items": n_items,
-        "flops_per_user": 2 * d * n_items,
+        "flops_per_user": flops,
         "memory_bytes_fp32": emb_bytes,
         "k": k,
         "latency_ms": measure_latency(rec, k, n_requests, warmup, seed),

@@ -1,10 +1,15 @@
-"""A CPU top-K recommender over an artifact's embeddings, vectorised over many users.
+"""A CPU top-K recommender over an artifact's embeddings (or its model), vectorised over users.
 
 ``rec = TopKRecommender.load("artifact/")``; ``items, scores = rec.recommend(["u1", "u7"], k=20)``
 returns original item ids (n, k) and scores (n, k), excluding each user's seen (training) items.
 A user id the artifact does not know gets the most popular items (flagged in
 ``result.fallback``) under ``unknown="popularity"``, or raises `UnknownUserError` under
 ``unknown="error"``.
+
+A model-form artifact (NeuMF: no dot-product form) is scored by its model's own full-catalogue
+``score`` (the `Recommender` contract) on chunks of users; seen items are excluded and top-k
+selected by the same code as the dot form (the compiled ``masked_topk`` on each chunk's scores,
+or the torch path's masking and hierarchical top-k).
 """
 
 from __future__ import annotations
@@ -213,6 +218,9 @@ def default_chunk_users(n_items: int, dim: int) -> int:
 class TopKRecommender:
     """Top-K over ``scores = U[users] @ I.T`` with seen items masked, on CPU (any torch device).
 
+    A model-form artifact is scored by ``artifact.model.score(users) -> (B, n_items)`` instead
+    (chunks of `chunk_users` users); ``product`` is then "rows" ("tiles" is refused).
+
     Args:
         artifact: a loaded `Artifact`.
         unknown: "popularity" (fallback, flagged) or "error" (raise `UnknownUserError`).
@@ -252,11 +260,28 @@ class TopKRecommender:
         self.unknown = unknown
         self.device = torch.device(device)
         self.selector = _resolve_selector(selector, self.device)
-        self.user_emb = artifact.user_emb.to(self.device).contiguous()
         n_items = artifact.n_items
         self.fanout = DEFAULT_FANOUT[self.selector] if fanout is None else int(fanout)
         if self.fanout < 0 or self.fanout == 1:
             raise ConfigError(f"fanout must be 0 or >= 2, got {fanout}", field="fanout")
+        #: model form: the model whose ``score`` serves (None in dot form)
+        self.model = None
+        if artifact.form == "model":
+            if product not in PRODUCTS:
+                raise ConfigError(
+                    f"product must be one of {', '.join(PRODUCTS)}, got {product!r}",
+                    field="product",
+                )
+            if product == "tiles":
+                raise ConfigError(
+                    f"product 'tiles' multiplies embedding strips, but this "
+                    f"{artifact.manifest.get('model', '?')!r} artifact is in model form (scored "
+                    "by the model, not U @ I.T); use product 'auto' or 'rows'",
+                    field="product",
+                )
+            self._init_model_form(artifact, chunk_elements)
+            return
+        self.user_emb = artifact.user_emb.to(self.device).contiguous()
         if self.selector == "torch":
             # (d, width): zero columns pad the catalogue to a multiple of fanout**levels items
             self.levels, width = _hierarchy_shape(n_items, self.fanout)
@@ -266,16 +291,7 @@ class TopKRecommender:
         item_t = torch.zeros(artifact.dim, width, dtype=torch.float32)
         item_t[:, :n_items] = artifact.item_emb.T
         self.item_emb_t = item_t.to(self.device).contiguous()
-        self.item_ids = artifact.item_ids
-        self.user_ids = artifact.user_ids
-        self.user_ids_are_int = artifact.user_ids.dtype.kind in "iu"
-        self._index = {str(u): i for i, u in enumerate(artifact.user_ids.tolist())}
-        self.indptr = torch.as_tensor(artifact.seen_indptr, dtype=torch.int64)
-        self.indices = torch.as_tensor(artifact.seen_indices, dtype=torch.int64)
-        self._indptr_np = self.indptr.numpy()
-        self._indices_np = self.indices.numpy()
-        self.popularity = torch.as_tensor(artifact.popularity, dtype=torch.float32)
-        self._pop_order = torch.argsort(self.popularity, descending=True, stable=True)
+        self._init_lookup(artifact)
         self.product = _resolve_product(product, self.selector, self.fanout, artifact.dim, n_items)
         self._item_tiles = (
             selection.item_tiles(self.item_emb_t.numpy(), n_items, self.fanout)
@@ -288,6 +304,45 @@ class TopKRecommender:
             self.chunk_users = default_chunk_users(n_items, artifact.dim)
         else:
             self.chunk_users = max(1, int(chunk_elements) // max(1, n_items))
+
+    def _init_lookup(self, artifact: Artifact) -> None:
+        """Id maps, seen CSR and popularity order (both forms)."""
+        self.item_ids = artifact.item_ids
+        self.user_ids = artifact.user_ids
+        self.user_ids_are_int = artifact.user_ids.dtype.kind in "iu"
+        self._index = {str(u): i for i, u in enumerate(artifact.user_ids.tolist())}
+        self.indptr = torch.as_tensor(artifact.seen_indptr, dtype=torch.int64)
+        self.indices = torch.as_tensor(artifact.seen_indices, dtype=torch.int64)
+        self._indptr_np = self.indptr.numpy()
+        self._indices_np = self.indices.numpy()
+        self.popularity = torch.as_tensor(artifact.popularity, dtype=torch.float32)
+        self._pop_order = torch.argsort(self.popularity, descending=True, stable=True)
+
+    def _init_model_form(self, artifact: Artifact, chunk_elements: int | None) -> None:
+        """Model form: no embedding matrices; scores (chunk, n_items) come from the model."""
+        n_items = artifact.n_items
+        self.model = artifact.model.to(self.device).eval()
+        self.user_emb = self.item_emb_t = None
+        self._item_tiles = None
+        self.product = "rows"
+        if self.selector == "torch":  # scores are copied into a row padded for the levels
+            self.levels, self._width = _hierarchy_shape(n_items, self.fanout)
+        else:
+            self.levels, self._width = 0, n_items
+        self._init_lookup(artifact)
+        if chunk_elements is None:
+            self.chunk_users = default_chunk_users(n_items, max(1, artifact.dim))
+        else:
+            self.chunk_users = max(1, int(chunk_elements) // max(1, n_items))
+
+    def _scores_into(self, part: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
+        """Scores of users `part` (b,) in the first b rows of `buffer` (rows, width): the dot
+        product, or the model's ``score`` (padding columns past n_items left to the caller)."""
+        out = buffer[: len(part)]
+        if self.model is None:
+            return torch.mm(self.user_emb[part.to(self.device)], self.item_emb_t, out=out)
+        out[:, : self.n_items] = self.model.score(part.to(self.device))
+        return out
 
     @classmethod
     def load(cls, path: str | Path, unknown: str = "popularity", **kwargs: Any) -> TopKRecommender:
@@ -338,13 +393,12 @@ class TopKRecommender:
         vals, tops = [], []
         # one score buffer reused by every chunk (no page faults of a fresh tensor per chunk)
         rows = min(self.chunk_users, max(len(idx), 1))
-        buffer = torch.empty((rows, self.item_emb_t.shape[1]), device=self.device)
+        width = self._width if self.model is not None else self.item_emb_t.shape[1]
+        buffer = torch.empty((rows, width), device=self.device)
         with torch.no_grad():
             for start in range(0, len(idx), self.chunk_users):
                 part = idx[start : start + self.chunk_users]
-                scores = torch.mm(
-                    self.user_emb[part.to(self.device)], self.item_emb_t, out=buffer[: len(part)]
-                )
+                scores = self._scores_into(part, buffer)
                 if scores.shape[1] > self.n_items:
                     scores[:, self.n_items :] = float("-inf")
                 if exclude_seen:
@@ -381,7 +435,16 @@ class TopKRecommender:
         csr = (self._indptr_np, self._indices_np)
         batch = {"threads": torch.get_num_threads(), "block_rows": self.chunk_users}
         with torch.no_grad():
-            if n < selection.PARALLEL_MIN_ROWS:
+            if self.model is not None:  # the model scores a chunk, the kernel selects it
+                for s in range(0, n, self.chunk_users):
+                    part = idx[s : s + self.chunk_users]
+                    scores = self.model.score(part).float().contiguous().numpy()
+                    selection.masked_topk(
+                        scores, users[s : s + len(part)], *csr, k, fanout=fanout, levels=levels,
+                        threads=batch["threads"], n_items=self.n_items, exclude_seen=exclude_seen,
+                        out=(values[s : s + len(part)], items[s : s + len(part)]),
+                    )  # fmt: skip
+            elif n < selection.PARALLEL_MIN_ROWS:
                 scores = torch.mm(self.user_emb[idx], self.item_emb_t).numpy()
                 selection.masked_topk(
                     scores, users, *csr, k, fanout=fanout, levels=levels, **common

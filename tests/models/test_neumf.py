@@ -123,8 +123,10 @@ def test_build_draws_only_from_the_generator():
     assert a.dot_form() is None  # no MF-form export
 
 
-def test_no_mf_form_artifact():
-    from recpress.serving.artifact import Artifact, ArtifactError
+def test_artifact_is_in_model_form():
+    from recpress.serving.artifact import Artifact
 
-    with pytest.raises(ArtifactError, match="dot-product form"):
-        Artifact.from_model(built(), shape_split(4, 7))
+    model = built()
+    art = Artifact.from_model(model, shape_split(4, 7))  # no MF form: the model itself
+    assert art.form == "model" and art.model is model and art.user_emb is None
+    assert art.manifest["model_params"] == model.get_params()

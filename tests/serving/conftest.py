@@ -71,3 +71,20 @@ def ml_run(tmp_path_factory, data_root: Path) -> Path:
     )
     train_run(cfg, out, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def neumf_run(tmp_path_factory) -> Path:
+    """A 2-epoch NeuMF (d=8, 2 MLP layers) run on a generated 60 × 80 pairs file (loo split):
+    a model-form export (no dot-product form)."""
+    from recpress.experiments.run import train_run
+    from tests.run_dirs.tinyruns import tiny_config, write_pairs
+
+    root = tmp_path_factory.mktemp("neumf")
+    cfg = tiny_config(
+        write_pairs(root / "pairs.tsv"),
+        model={"name": "neumf", "embedding_dim": 8, "layers": 2, "init_std": 0.5},
+        train={"epochs": 2, "eval_every": 2, "batch_size": 128, "device": "cpu"},
+    )
+    train_run(cfg, root / "run", progress=False)
+    return root / "run"

@@ -36,7 +36,8 @@ class NeuMF(Recommender):
 
     Representation KD sees (``representation``): "gmf" (p^G, q^G; default), "mlp" (p^M, q^M) or
     "concat" ([p^G; p^M], [q^G; q^M], width 2d). No single vector pair defines the score, so a
-    NeuMF has no MF-form (dot-product) serving export.
+    NeuMF has no MF-form (dot-product) serving export: it is exported in model form (its
+    weights, served by ``score``; `recpress.serving.artifact`).
 
     Args:
         embedding_dim: d, the width of each embedding table.
@@ -166,7 +167,7 @@ class NeuMF(Recommender):
 
     def dot_form(self) -> None:
         """None: NeuMF scores are not a dot product of fixed user and item vectors, so there
-        is no MF-form (``U @ Iᵀ``) export."""
+        is no MF-form (``U @ Iᵀ``) export (artifacts hold the model: model form)."""
         return None
 
     # -- training -----------------------------------------------------------------------------

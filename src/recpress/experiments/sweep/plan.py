@@ -185,7 +185,8 @@ def expected_cost(spec: RunSpec) -> float:
 
     method = spec.config.distill.method if spec.config.distill is not None else "none"
     kd_cost = sum(DISTILLERS[name].epoch_cost for name in parse_method(method))
-    return max(1.0, kd_cost) * (1.0 + spec.config.model.embedding_dim / 100)
+    dim = spec.config.model.params.get("embedding_dim") or 0  # user-row models have none
+    return max(1.0, kd_cost) * (1.0 + float(dim) / 100)
 
 
 def parallel_order(specs: list[RunSpec]) -> list[RunSpec]:

@@ -226,6 +226,12 @@ def main() -> None:
     ap.add_argument("--htd-batches", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "scale.json")
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="replace only the rows of --sizes in an existing --out (a remeasured size); "
+        "the summary and chart are recomputed over all rows",
+    )
     ap.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
@@ -257,11 +263,18 @@ def main() -> None:
         )
     from bench_core import machine
 
+    commands = [" ".join(sys.argv)]
+    if args.merge and args.out.is_file():
+        old = json.loads(args.out.read_text())
+        new = {r["interactions"]: r for r in rows}
+        rows = [new.pop(r["interactions"], r) for r in old["rows"]] + list(new.values())
+        rows.sort(key=lambda r: r["interactions"])
+        commands = [*old.get("commands", [old.get("command", "")]), *commands]
     result = {
         "rows": rows,
         "summary": summarise(rows),
         "machine": machine(),
-        "command": " ".join(sys.argv),
+        "commands": commands,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

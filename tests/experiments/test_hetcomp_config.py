@@ -33,8 +33,9 @@ def test_hetcomp_config_plans_six_teachers_with_trajectories_and_five_students()
         c.model.name == "bpr" and c.model.params["embedding_dim"] == 20 for c in students.values()
     )
     assert students["none"].distill is None
-    assert all(not c.train.trajectory_epochs and not c.train.keep_checkpoints
-               for c in students.values())
+    assert all(
+        not c.train.trajectory_epochs and not c.train.keep_checkpoints for c in students.values()
+    )
     assert students["hetcomp"].distill.teacher_of == {"hetcomp": TEACHERS}
     best = students["kd"].distill.teacher_of["kd"]
     assert students["rrd"].distill.teacher_of == {"rrd": best} and best in TEACHERS

@@ -126,14 +126,29 @@ def _resolve_selector(selector: str, device: torch.device) -> str:
     return "numba"
 
 
-def _resolve_product(product: str, selector: str, fanout: int, dim: int, n_items: int) -> str:
-    """The batch product in use: validate `product` (one of `PRODUCTS`); "rows" wherever the
-    tiles cannot serve (torch selector, fanout 0); "auto" → tiles for small dims and catalogues
-    (`TILED_MAX_DIM`, `TILED_MAX_ITEMS`)."""
+def _check_product(product: str) -> None:
+    """`product` is one of `PRODUCTS` (ConfigError otherwise)."""
     if product not in PRODUCTS:
         raise ConfigError(
             f"product must be one of {', '.join(PRODUCTS)}, got {product!r}", field="product"
         )
+
+
+def _chunk_users(chunk_elements: int | None, n_items: int, dim: int, tiles: bool) -> int:
+    """Users scored per chunk: ``chunk_elements // n_items`` when given, else the default of
+    the product in use (`TILED_CHUNK_ELEMENTS` for tiles, `default_chunk_users` for rows)."""
+    if chunk_elements is not None:
+        return max(1, int(chunk_elements) // max(1, n_items))
+    if tiles:
+        return max(1, TILED_CHUNK_ELEMENTS // max(1, n_items))
+    return default_chunk_users(n_items, dim)
+
+
+def _resolve_product(product: str, selector: str, fanout: int, dim: int, n_items: int) -> str:
+    """The batch product in use: validate `product` (one of `PRODUCTS`); "rows" wherever the
+    tiles cannot serve (torch selector, fanout 0); "auto" → tiles for small dims and catalogues
+    (`TILED_MAX_DIM`, `TILED_MAX_ITEMS`)."""
+    _check_product(product)
     if selector != "numba" or fanout < 2:
         if product == "tiles":
             raise ConfigError(
@@ -267,11 +282,7 @@ class TopKRecommender:
         #: model form: the model whose ``score`` serves (None in dot form)
         self.model = None
         if artifact.form == "model":
-            if product not in PRODUCTS:
-                raise ConfigError(
-                    f"product must be one of {', '.join(PRODUCTS)}, got {product!r}",
-                    field="product",
-                )
+            _check_product(product)
             if product == "tiles":
                 raise ConfigError(
                     f"product 'tiles' multiplies embedding strips, but this "
@@ -298,12 +309,9 @@ class TopKRecommender:
             if self.product == "tiles"
             else None
         )
-        if chunk_elements is None and self.product == "tiles":
-            self.chunk_users = max(1, TILED_CHUNK_ELEMENTS // max(1, n_items))
-        elif chunk_elements is None:
-            self.chunk_users = default_chunk_users(n_items, artifact.dim)
-        else:
-            self.chunk_users = max(1, int(chunk_elements) // max(1, n_items))
+        self.chunk_users = _chunk_users(
+            chunk_elements, n_items, artifact.dim, tiles=self.product == "tiles"
+        )
 
     def _init_lookup(self, artifact: Artifact) -> None:
         """Id maps, seen CSR and popularity order (both forms)."""
@@ -330,10 +338,7 @@ class TopKRecommender:
         else:
             self.levels, self._width = 0, n_items
         self._init_lookup(artifact)
-        if chunk_elements is None:
-            self.chunk_users = default_chunk_users(n_items, max(1, artifact.dim))
-        else:
-            self.chunk_users = max(1, int(chunk_elements) // max(1, n_items))
+        self.chunk_users = _chunk_users(chunk_elements, n_items, max(1, artifact.dim), tiles=False)
 
     def _scores_into(self, part: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
         """Scores of users `part` (b,) in the first b rows of `buffer` (rows, width): the dot

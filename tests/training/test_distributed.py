@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -61,9 +62,13 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _step_gradient_error(rank: int, split, reduction: str) -> float:
-    """Largest difference between the gradient DDP applies for one global batch of 64 (each
-    rank backpropagating its half) and the one-process gradient of the whole batch."""
+def _step_gradient_error(
+    rank: int, split, reduction: str, make_model=lambda: BPRMF(4), dtype=torch.float32
+) -> float:
+    """Largest relative difference between the gradient the distributed step applies for one global
+    batch of 64 (each rank backpropagating its half) and the one-process gradient of the whole
+    batch. BPR-MF has row-sparse tables only; NeuMF adds dense MLP layers (DDP's part), in
+    float64 so that the summation order of its cancelling terms stays below the tolerance."""
     from recpress.data.sampling import epoch_triples
     from recpress.models.base import TripletBatch
     from recpress.training import TrainingObjective, distributed
@@ -71,20 +76,63 @@ def _step_gradient_error(rank: int, split, reduction: str) -> float:
 
     users, pos, neg = epoch_triples(split, torch.Generator().manual_seed(9))
     half = slice(32 * rank, 32 * (rank + 1))
-    model = BPRMF(4).build(split, generator=torch.Generator().manual_seed(0))
+    model = make_model().build(split, generator=torch.Generator().manual_seed(0)).to(dtype)
     step = _wrap_distributed(
         TrainingObjective(model, reduction=reduction), distributed.info(), torch.device("cpu"),
         reduction,
     )  # fmt: skip
     step(TripletBatch(users[half], pos[half], neg[half]), 0).backward()
-    ref = BPRMF(4).build(split, generator=torch.Generator().manual_seed(0))
+    step.sync_gradients()
+    ref = make_model().build(split, generator=torch.Generator().manual_seed(0)).to(dtype)
     TrainingObjective(ref, reduction=reduction)(
         TripletBatch(users[:64], pos[:64], neg[:64]), 0
     ).backward()
-    return max(
+    return max(  # relative to the gradient's size: a summed loss has large entries
         float((p.grad.to_dense() - q.grad.to_dense()).abs().max())
+        / max(1.0, float(q.grad.to_dense().abs().max()))
         for p, q in zip(model.parameters(), ref.parameters(), strict=True)
     )
+
+
+def _rank_sparse_grads(rank: int) -> list[torch.Tensor | None]:
+    """Rank `rank`'s gradients of four tables: (10, 3) with repeated rows; (6, 2, 2); (5, 4)
+    without a gradient anywhere; (7, 3) with a gradient on rank 0 only."""
+    g = torch.Generator().manual_seed(100 + rank)
+
+    def rows(n_rows: int, shape: tuple[int, ...], k: int) -> torch.Tensor:
+        ids = torch.randint(n_rows, (k,), generator=g)
+        values = torch.randn(k, *shape[1:], generator=g)
+        return torch.sparse_coo_tensor(ids.unsqueeze(0), values, shape)
+
+    return [
+        rows(10, (10, 3), 8 + rank),
+        rows(6, (6, 2, 2), 3),
+        None,
+        rows(7, (7, 3), 4) if rank == 0 else None,
+    ]
+
+
+def _sparse_exchange_errors(rank: int) -> list[float | None]:
+    """`sum_sparse_grads(scale=0.5)` against 0.5 x the dense sum of every rank's gradient
+    (the other rank's regenerated from its seed); None where no rank has a gradient."""
+    from recpress.training import distributed
+
+    shapes = [(10, 3), (6, 2, 2), (5, 4), (7, 3)]
+    params = [torch.zeros(shape, requires_grad=True) for shape in shapes]
+    for p, grad in zip(params, _rank_sparse_grads(rank), strict=True):
+        p.grad = grad
+    distributed.sum_sparse_grads(params, scale=0.5)
+    errors: list[float | None] = []
+    for i, p in enumerate(params):
+        parts = [_rank_sparse_grads(r)[i] for r in range(WORLD)]
+        present = [part.to_dense() for part in parts if part is not None]
+        if not present:
+            errors.append(None if p.grad is None else float("inf"))
+            continue
+        expected = 0.5 * sum(present)
+        assert p.grad.is_sparse and p.grad.is_coalesced()
+        errors.append(float((p.grad.to_dense() - expected).abs().max()))
+    return errors
 
 
 def _worker(rank: int, port: int, out: str) -> None:
@@ -111,7 +159,15 @@ def _worker(rank: int, port: int, out: str) -> None:
     root = Path(out)
     split = _split()
     distributed.setup("cpu")
+    from recpress.models import NeuMF
+
     gradient_errors = {r: _step_gradient_error(rank, split, r) for r in ("sum", "mean")}
+    neumf = partial(NeuMF, 4, layers=2, init_std=0.1)
+    gradient_errors |= {
+        f"neumf-{r}": _step_gradient_error(rank, split, r, neumf, torch.float64)
+        for r in ("sum", "mean")
+    }
+    sparse_errors = _sparse_exchange_errors(rank)
     model = BPRMF(8)
     result = Trainer(_config()).fit(model, split, run_dir=root / "run", progress=False)
     sharded = distributed.evaluate(model, split, ks=KS, phase="test", per_user=True)
@@ -127,6 +183,7 @@ def _worker(rank: int, port: int, out: str) -> None:
         "sharded": sharded.metrics,
         "sharded_users": sharded.users.tolist(),
         "gradient_errors": gradient_errors,
+        "sparse_errors": sparse_errors,
     }
     (root / f"rank{rank}.json").write_text(json.dumps(report))
     distributed.barrier()  # no rank leaves the group while the other still talks to it
@@ -153,6 +210,16 @@ def test_one_step_applies_the_global_batch_gradient(ranks):
     for report in reports:
         for reduction, error in report["gradient_errors"].items():
             assert error < 1e-6, (reduction, error)
+
+
+def test_the_sparse_exchange_sums_every_table_over_the_ranks(ranks):
+    """Repeated rows, a 3-d table, a table without gradients and one with a gradient on one
+    rank only: each rank ends with the scaled sum; no gradient stays no gradient."""
+    _, reports = ranks
+    for report in reports:
+        errors = report["sparse_errors"]
+        assert errors[2] is None
+        assert max(e for e in errors if e is not None) < 1e-6, errors
 
 
 def test_ranks_end_with_the_same_weights_and_losses(ranks):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import atexit
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -134,6 +134,71 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+# all_gather_single replaces all_gather_into_tensor (deprecated) in recent PyTorch
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+#: tables up to this many rows carry their row ids exactly in a float32 exchange buffer
+_FLOAT32_EXACT_ROWS = 2**24
+
+
+def sum_sparse_grads(params: Sequence[torch.Tensor], scale: float = 1.0) -> None:
+    """Replace each parameter's row-sparse ``.grad`` by ``scale`` × its sum over the ranks.
+
+    For T tables with gradients on r_t(w) rows at rank w (``(n_t, *row)`` weights), the new
+    gradient of table t is the coalesced sparse tensor Σ_w scale · grad_t(w). Two collectives
+    serve every table together (DDP's sparse path spends three per table): an all-reduce of
+    the row counts (MAX, ``(T,)``) and one all-gather of a flat buffer holding, per table, the
+    ``(max_w r_t(w), 1 + row)`` block [row id, gradient row], padded with id -1. Row ids are
+    exact in the buffer's dtype (float32, or float64 for tables above 2^24 rows or float64
+    gradients). A parameter without a gradient on a rank contributes no rows there; one without
+    a gradient on every rank keeps ``grad = None``. A no-op in one process.
+    """
+    if not info().enabled or not params:
+        return
+    world = info().world
+    device = params[0].device
+    rows: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for p in params:
+        if p.grad is None:
+            no_rows = torch.empty(0, dtype=torch.long, device=device)
+            rows.append((no_rows, p.new_empty(0, *p.shape[1:])))
+        else:
+            g = p.grad.coalesce()
+            rows.append((g.indices()[0], g.values()))
+    counts = torch.tensor([len(ids) for ids, _ in rows], dtype=torch.long, device=device)
+    present = torch.tensor([p.grad is not None for p in params], dtype=torch.long, device=device)
+    stats = torch.stack([counts, present])
+    dist.all_reduce(stats, op=dist.ReduceOp.MAX)
+    caps, anywhere = stats.tolist()
+    wide = any(p.shape[0] > _FLOAT32_EXACT_ROWS or p.dtype == torch.float64 for p in params)
+    dtype = torch.float64 if wide else torch.float32
+    widths = [int(p[0].numel()) for p in params]
+    sizes = [cap * (1 + w) for cap, w in zip(caps, widths, strict=True)]
+    buffer = torch.zeros(sum(sizes), dtype=dtype, device=device)
+    offset = 0
+    for (ids, values), cap, width, size in zip(rows, caps, widths, sizes, strict=True):
+        block = buffer[offset : offset + size].view(cap, 1 + width)
+        block[:, 0] = -1
+        block[: len(ids), 0] = ids.to(dtype)
+        block[: len(ids), 1:] = values.reshape(len(ids), width).to(dtype)
+        offset += size
+    gathered = torch.empty(world * buffer.numel(), dtype=dtype, device=device)
+    _all_gather_single(gathered, buffer)
+    gathered = gathered.view(world, -1)
+    offset = 0
+    for p, cap, width, size, used in zip(params, caps, widths, sizes, anywhere, strict=True):
+        blocks = gathered[:, offset : offset + size].reshape(world * cap, 1 + width)
+        offset += size
+        if not used:
+            continue
+        keep = blocks[:, 0] >= 0
+        ids = blocks[keep, 0].long()
+        values = blocks[keep, 1:].to(p.dtype).view(-1, *p.shape[1:])
+        if scale != 1.0:
+            values = values * scale
+        p.grad = torch.sparse_coo_tensor(ids.unsqueeze(0), values, p.shape).coalesce()
+
+
 def all_gather_objects(obj: T) -> list[T]:
     """Every rank's `obj`, in rank order (``[obj]`` when single)."""
     if not info().enabled:
@@ -221,5 +286,6 @@ __all__ = [
     "on_main",
     "requested",
     "setup",
+    "sum_sparse_grads",
     "teardown",
 ]

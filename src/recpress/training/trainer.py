@@ -154,6 +154,7 @@ class Trainer:
                         loss = step_loss(batch, epoch)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
+                    step_loss.sync_gradients()
                     optimizer.step()
                     model.post_step(batch)
                     total += loss.detach()  # stays on the device: no host sync per batch
@@ -294,39 +295,74 @@ def _rank_batch_size(batch_size: int, world: int) -> int:
     return batch_size // world
 
 
+class _Step:
+    """One training step's loss and gradient exchange: ``loss = step(batch, epoch)``, then
+    ``loss.backward()`` and ``step.sync_gradients()`` before the optimiser step. In one process
+    the loss is the objective's and the exchange does nothing."""
+
+    def __init__(
+        self,
+        forward: Callable,
+        scale: int = 1,
+        sparse: Sequence[nn.Parameter] = (),
+        world: int = 1,
+    ) -> None:
+        self._forward = forward
+        self._scale = scale
+        self._sparse = list(sparse)
+        self._world = world
+
+    def __call__(self, batch, epoch: int) -> torch.Tensor:
+        loss = self._forward(batch, epoch)
+        return loss * self._scale if self._scale != 1 else loss
+
+    def sync_gradients(self) -> None:
+        """The row-sparse gradients averaged over the ranks, as DDP averages the dense ones."""
+        if self._sparse:
+            distributed.sum_sparse_grads(self._sparse, scale=1.0 / self._world)
+
+
 def _wrap_distributed(
     objective: TrainingObjective, rank: distributed.DistInfo, device: torch.device, reduction: str
-) -> Callable:
-    """``step_loss(batch, epoch) -> loss to backpropagate``: the objective itself in one
-    process; under torchrun the objective wrapped in DistributedDataParallel.
+) -> _Step:
+    """The training step: the objective itself in one process; under torchrun the dense
+    parameters in DistributedDataParallel and the row-sparse embedding tables exchanged by
+    `distributed.sum_sparse_grads` (two collectives per step for all tables, where DDP's sparse
+    path would spend three per table).
 
-    DDP averages the ranks' gradients. With a summed base loss each rank's loss is scaled by
-    W, so the applied gradient is the sum over ranks: the gradient of the global batch's sum.
-    With a mean the average of the equal-size per-rank means is already the global mean.
+    DDP averages the ranks' gradients; the sparse exchange averages too. With a summed base loss
+    each rank's loss is scaled by W, so the applied gradient is the sum over ranks: the gradient
+    of the global batch's sum. With a mean the average of the equal-size per-rank means is
+    already the global mean. NCCL reduces dense gradients only, so there the embedding tables
+    produce dense gradients and DDP reduces every parameter.
     """
     if not rank.enabled:
-        return objective
+        return _Step(objective)
     from torch.nn.parallel import DistributedDataParallel
 
-    if rank.backend == "nccl":  # NCCL reduces dense gradients only: embeddings go dense
-        for module in objective.modules():
-            if isinstance(module, nn.Embedding):
-                module.sparse = False
-    # buffers are built identically on every rank from the shared seed: never broadcast
-    buffers = [name for name, _ in objective.named_buffers()]
-    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(objective, buffers)
-    ddp = DistributedDataParallel(
-        objective,
-        device_ids=[device.index] if device.type == "cuda" else None,
-        find_unused_parameters=len(objective.distillers) > 0,
-    )
+    embeddings = [m for m in objective.modules() if isinstance(m, (nn.Embedding, nn.EmbeddingBag))]
+    if rank.backend == "nccl":
+        for module in embeddings:
+            module.sparse = False
+    sparse_ids = {id(m.weight) for m in embeddings if m.sparse and m.weight.requires_grad}
+    sparse = [p for p in objective.parameters() if id(p) in sparse_ids]
+    dense = [p for p in objective.parameters() if p.requires_grad and id(p) not in sparse_ids]
+    for p in sparse:  # equal on every rank from the shared seed; made certain once
+        torch.distributed.broadcast(p.data, src=0)
     scale = rank.world if reduction == "sum" else 1
-
-    def step_loss(batch, epoch: int) -> torch.Tensor:
-        loss = ddp(batch, epoch)
-        return loss * scale if scale != 1 else loss
-
-    return step_loss
+    forward: Callable = objective
+    if dense:
+        # buffers are built identically on every rank from the shared seed: never broadcast;
+        # the sparse tables are exchanged by the step itself
+        ignored = [name for name, _ in objective.named_buffers()]
+        ignored += [n for n, p in objective.named_parameters() if id(p) in sparse_ids]
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(objective, ignored)
+        forward = DistributedDataParallel(
+            objective,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=len(objective.distillers) > 0,
+        )
+    return _Step(forward, scale, sparse, rank.world)
 
 
 def _autocast(amp: str, device: torch.device):

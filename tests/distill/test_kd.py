@@ -73,6 +73,9 @@ def test_student_guide_recomputed_each_epoch_and_mean():
     before = d.lists.clone()
     d.on_epoch_start(student, 1, torch.Generator().manual_seed(0))
     assert not torch.equal(before, d.lists)
+    # the teacher scores cached per epoch follow the new lists
+    got = float(d.loss(student, batch(users), 0))
+    assert got == pytest.approx(ref_kd(student, teacher, d.lists, users, 1.0, False) / 3, rel=1e-5)
 
 
 def test_huge_scores_finite_and_gradients_reach_student_only():

@@ -73,7 +73,8 @@ class KD(Distiller):
         self.user_weighting = check_choice("user_weighting", user_weighting, ("rows", "unique"))
         # Λ (n_users, K): teacher guide → fixed after prepare; student guide → per epoch
         self.register_buffer("lists", torch.zeros(0, 0, dtype=torch.int64), persistent=True)
-        # teacher scores on Λ for the teacher guide (recomputed by prepare, not checkpointed)
+        # teacher scores on Λ (n_users, K): by prepare (teacher guide) or with the lists at each
+        # epoch start (student guide); not checkpointed, recomputed from the lists
         self.register_buffer("teacher_scores", torch.zeros(0, 0), persistent=False)
         self._knowledge: Any = None
         self._train: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -86,15 +87,20 @@ class KD(Distiller):
         k = min(self.k, split.n_items)
         self.k_eff = k
         if self.guide == "teacher":
-            lists = knowledge.user_topk(k, mask_train=self.mask_train).to(torch.int64)
-            self.lists = lists
-            t = []
-            for s in range(0, lists.shape[0], CHUNK):
-                u = torch.arange(s, min(s + CHUNK, lists.shape[0]))
-                t.append(knowledge.score_items(u, lists[s : s + CHUNK]).float())
-            self.teacher_scores = torch.cat(t)
+            self.lists = knowledge.user_topk(k, mask_train=self.mask_train).to(torch.int64)
+            self._score_lists()
         else:
             self.lists = torch.zeros(split.n_users, k, dtype=torch.int64)
+
+    @torch.no_grad()
+    def _score_lists(self) -> None:
+        """teacher_scores (n_users, K) = t_{u, Λ_u} for every user, in chunks of users."""
+        lists, dev = self.lists, self.lists.device
+        t = []
+        for s in range(0, lists.shape[0], CHUNK):
+            u = torch.arange(s, min(s + CHUNK, lists.shape[0]), device=dev)
+            t.append(self._knowledge.score_items(u, lists[s : s + CHUNK]).float().to(dev))
+        self.teacher_scores = torch.cat(t) if t else torch.zeros(0, lists.shape[1], device=dev)
 
     def on_epoch_start(self, student: Recommender, epoch: int, generator: torch.Generator) -> None:
         if self.guide != "student":
@@ -105,16 +111,15 @@ class KD(Distiller):
             train = tuple(t.to(dev) for t in self._train)
         items, _ = student_topk(student, self.lists.shape[1], train, dev)
         self.lists = items
+        self._score_lists()  # once per epoch: a user's rows in the batches share them
 
     def loss(self, student: Recommender, batch: TripletBatch, epoch: int) -> torch.Tensor:
         users = batch_rows(batch.users, self.user_weighting)
         users = users.to(self.lists.device)
+        if self.teacher_scores.shape != self.lists.shape:  # lists set without their scores
+            self._score_lists()
         items = self.lists[users]
-        if self.guide == "teacher":
-            t = self.teacher_scores[users]
-        else:
-            with torch.no_grad():
-                t = self._knowledge.score_items(users, items).float().to(items.device)
+        t = self.teacher_scores[users]
         s = student.score_items(users, items)
         p_t = torch.softmax(t.detach() / self.tau, dim=-1)
         log_p_s = F.log_softmax(s / self.tau, dim=-1)

@@ -9,7 +9,8 @@ from recpress.errors import ConfigError
 from recpress.experiments.config import RunConfig, load_yaml, parse_config
 from recpress.experiments.sweep import load_sweep_config
 
-CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+CONFIGS = sorted(CONFIG_DIR.glob("*.yaml"))
 
 
 def is_sweep(data: dict) -> bool:
@@ -35,7 +36,7 @@ def test_config_validates(path: Path):
 def test_a_stale_key_is_refused(tmp_path: Path):
     # the check above is only worth something if an unknown key fails validation
     path = tmp_path / "stale.yaml"
-    text = (Path(__file__).resolve().parents[2] / "configs" / "bpr-d64-citeulike.yaml").read_text()
+    text = (CONFIG_DIR / "bpr-d64-citeulike.yaml").read_text()
     path.write_text(text.replace("  eval_every: 10", "  eval_evry: 10"))
     with pytest.raises(ConfigError, match="eval_evry"):
         parse_config(RunConfig, load_yaml(path), str(path))

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from recpress.models import BPRMF
 from recpress.training import TrainConfig, Trainer
+from recpress.training.trainer import typical_epoch_seconds
 from tests.conftest import random_split
 
 
@@ -41,6 +42,21 @@ def test_fit_selects_best_validation_epoch_and_writes_history(tmp_path):
     assert [int(r["epoch"]) for r in rows] == list(range(6))
     assert "test_recall@10" in rows[0]
     assert (tmp_path / "model.safetensors").exists()
+
+
+def test_epoch_cost_is_the_median_pass_so_a_stalled_pass_does_not_dominate():
+    # one pass that spanned a suspended process (6842 s among 4 s passes, as a paused VM gave)
+    history = [{"epoch": e, "seconds": 4.0 + 0.1 * e} for e in range(5)]
+    history[2]["seconds"] = 6842.0
+    assert typical_epoch_seconds(history) == pytest.approx(4.3)
+    assert typical_epoch_seconds(history[:4]) == pytest.approx((4.1 + 4.3) / 2)
+    assert typical_epoch_seconds([]) == 0.0
+
+
+def test_fit_reports_the_median_of_its_history_seconds():
+    result = Trainer(_config(epochs=3)).fit(BPRMF(8), random_split(), progress=False)
+    seconds = sorted(row["seconds"] for row in result.history)
+    assert result.seconds_per_epoch == pytest.approx(seconds[1])
 
 
 def test_early_stopping_counts_evaluations_without_improvement():

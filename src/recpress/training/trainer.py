@@ -6,6 +6,7 @@ import contextlib
 import copy
 import csv
 import json
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,16 @@ def save_weights(module: torch.nn.Module, path: Path) -> None:
     atomic_write_bytes(path, lambda p: save_file(state, str(p)))
 
 
+def typical_epoch_seconds(history: Sequence[dict]) -> float:
+    """The median of the history rows' ``seconds`` (0.0 for an empty history).
+
+    The median, not the mean: one pass that spans a suspended process (a laptop asleep, a paused
+    VM) or a resume would otherwise dominate the figure reported as the cost of an epoch.
+    """
+    seconds = [float(row["seconds"]) for row in history if "seconds" in row]
+    return statistics.median(seconds) if seconds else 0.0
+
+
 @dataclass
 class FitResult:
     """What a finished fit returns.
@@ -49,7 +60,8 @@ class FitResult:
         valid: validation metrics at the selected epoch; test: test metrics at that epoch.
         history: one dict per epoch (loss, time, and metrics at evaluation epochs).
         epochs_run: passes actually trained (early stopping may end sooner).
-        seconds_per_epoch: mean training time of one pass (sampling + updates, no evaluation).
+        seconds_per_epoch: median training time of one pass (sampling + updates, no
+            evaluation); see `typical_epoch_seconds`.
     """
 
     best_epoch: int
@@ -237,7 +249,7 @@ class Trainer:
             test=best["test"],
             history=history,
             epochs_run=epochs_run,
-            seconds_per_epoch=train_seconds / max(epochs_run, 1),
+            seconds_per_epoch=typical_epoch_seconds(history),
         )
 
     # ------------------------------------------------------------------------------------------

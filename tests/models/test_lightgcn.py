@@ -8,6 +8,7 @@ import torch
 
 from recpress.data.types import Split, to_csr
 from recpress.models import LightGCN, ModelConfig, TripletBatch, build_model
+from recpress.models.lightgcn import symmetric_sparse_mm
 from tests.models.clustered import fit_beats_random
 
 
@@ -47,7 +48,9 @@ def built(split: Split, seed: int = 0, **params) -> LightGCN:
 def test_propagation_matches_dense_reference():
     split = tiny_split()
     model = built(split, n_layers=3)
-    assert model.adjacency.is_sparse and model.adjacency._nnz() == 2 * split.train.nnz
+    assert model.adjacency.layout == torch.sparse_csr
+    assert model.adjacency.col_indices().dtype == torch.int32
+    assert model.adjacency.values().numel() == 2 * split.train.nnz
     users, items = model.propagate()
     ref_u, ref_i = dense_final(split, model)
     np.testing.assert_allclose(users.detach().double().numpy(), ref_u, rtol=1e-5, atol=1e-6)
@@ -55,6 +58,27 @@ def test_propagation_matches_dense_reference():
     # zero-degree nodes keep only their ego embedding / (L + 1)
     ego_u4 = model.user_emb.weight[4].detach()
     torch.testing.assert_close(users[4].detach(), ego_u4 / 4)
+
+
+def test_propagation_gradient_matches_autograd_on_the_dense_matrix():
+    # the symmetric product's hand-written backward against autograd through a dense Â, fp64
+    split = tiny_split()
+    model = built(split, n_layers=2).to(torch.float64)
+    a_dense = model.adjacency.to_dense()
+    torch.testing.assert_close(a_dense, a_dense.T)
+    weights = torch.randn(12, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    users, items = model.propagate()
+    (torch.cat([users, items]) * weights).sum().backward()
+    ego = torch.cat([model.user_emb.weight, model.item_emb.weight]).detach().requires_grad_()
+    total, layer = ego, ego
+    for _ in range(2):
+        layer = a_dense @ layer
+        total = total + layer
+    ((total / 3) * weights).sum().backward()
+    torch.testing.assert_close(model.user_emb.weight.grad, ego.grad[:5])
+    torch.testing.assert_close(model.item_emb.weight.grad, ego.grad[5:])
+    x = torch.randn(12, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: symmetric_sparse_mm(model.adjacency, t), (x,))
 
 
 def test_loss_is_bpr_on_final_embeddings_plus_ego_l2():
@@ -139,7 +163,7 @@ def test_config_and_state_dict_round_trip(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(other.score(torch.arange(5)), model.score(torch.arange(5)))
     moved = other.to(torch.float64)
-    assert moved.adjacency.dtype == torch.float64 and moved.adjacency.is_sparse
+    assert moved.adjacency.dtype == torch.float64 and moved.adjacency.layout == torch.sparse_csr
     with pytest.raises(Exception, match="representation"):
         ModelConfig.model_validate({"name": "lightgcn", "representation": "bogus"})
 

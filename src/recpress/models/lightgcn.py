@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Annotated, Literal
 
 import numpy as np
@@ -39,6 +40,52 @@ def normalised_adjacency(train: sp.spmatrix) -> torch.Tensor:
     return adjacency.coalesce()
 
 
+def as_csr(adjacency: torch.Tensor) -> torch.Tensor:
+    """The sparse CSR form of a (coalesced COO) matrix, with int32 indices where they fit.
+
+    int32 indices are what the CPU (MKL) and CUDA (cuSPARSE) kernels take without converting
+    them on every product. torch's "beta" warning for CSR tensors is silenced.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        csr = adjacency.to_sparse_csr()
+        if max(csr.shape[0], csr.values().numel()) >= 2**31:
+            return csr
+        return torch.sparse_csr_tensor(
+            csr.crow_indices().to(torch.int32),
+            csr.col_indices().to(torch.int32),
+            csr.values(),
+            csr.shape,
+            check_invariants=True,
+        )
+
+
+class _SymmetricSparseProduct(torch.autograd.Function):
+    """Y = Â·X for a symmetric sparse Â (n, n) and dense X (n, d), with ∂L/∂X = Âᵀ·G = Â·G.
+
+    The symmetry saves the transpose that autograd would form for a sparse left operand on
+    every backward; both products run on the CSR kernel, in Â's dtype (outside autocast: the
+    sparse kernels have no reduced-precision path on every device).
+    """
+
+    @staticmethod
+    def forward(ctx, adjacency: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.adjacency = adjacency
+        with torch.autocast(x.device.type, enabled=False):
+            return torch.mm(adjacency, x.to(adjacency.dtype))
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
+        adjacency = ctx.adjacency
+        with torch.autocast(grad.device.type, enabled=False):
+            return None, torch.mm(adjacency, grad.to(adjacency.dtype))
+
+
+def symmetric_sparse_mm(adjacency: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Â·X (n, d) for a symmetric sparse CSR Â (n, n); differentiable in X only."""
+    return _SymmetricSparseProduct.apply(adjacency, x)
+
+
 class LightGCN(Recommender):
     """LightGCN (He et al., 2020): s_ui = <e_u, e_i> on propagated embeddings.
 
@@ -53,8 +100,9 @@ class LightGCN(Recommender):
 
     In eval mode without gradients, the propagated embeddings are computed once and cached
     until the parameters change or ``train()`` is called. `materialise` returns them: the
-    served artifact is MF-sized (``score = U @ Iᵀ``). The adjacency is a non-persistent buffer
-    (it moves with ``.to(device)`` and is not in ``state_dict``; ``build`` recreates it).
+    served artifact is MF-sized (``score = U @ Iᵀ``). The adjacency is a sparse CSR,
+    non-persistent buffer (it moves with ``.to(device)`` and is not in ``state_dict``; ``build``
+    recreates it); each layer's product and its gradient use Â's symmetry (`symmetric_sparse_mm`).
 
     Args:
         embedding_dim: d, the width of the ego (and propagated) embeddings.
@@ -103,7 +151,8 @@ class LightGCN(Recommender):
         with torch.no_grad():
             self.user_emb.weight.normal_(0.0, self.init_std, generator=generator)
             self.item_emb.weight.normal_(0.0, self.init_std, generator=generator)
-        self.register_buffer("adjacency", normalised_adjacency(split.train), persistent=False)
+        adjacency = as_csr(normalised_adjacency(split.train))
+        self.register_buffer("adjacency", adjacency, persistent=False)
         self._cache = None
 
     # -- propagation --------------------------------------------------------------------------
@@ -112,7 +161,7 @@ class LightGCN(Recommender):
         ego = torch.cat([self.user_emb.weight, self.item_emb.weight])
         total, layer = ego, ego
         for _ in range(self.n_layers):
-            layer = torch.sparse.mm(self.adjacency, layer)
+            layer = symmetric_sparse_mm(self.adjacency, layer)
             total = total + layer
         final = total / (self.n_layers + 1)
         return final[: self.n_users], final[self.n_users :]

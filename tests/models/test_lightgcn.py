@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -164,6 +166,11 @@ def test_config_and_state_dict_round_trip(tmp_path):
         torch.testing.assert_close(other.score(torch.arange(5)), model.score(torch.arange(5)))
     moved = other.to(torch.float64)
     assert moved.adjacency.dtype == torch.float64 and moved.adjacency.layout == torch.sparse_csr
+    assert moved.adjacency.col_indices().dtype == torch.int32  # indices are not cast
+    twin = copy.deepcopy(moved)  # a sparse CSR buffer would have no storage to copy
+    assert twin.adjacency_values.data_ptr() != moved.adjacency_values.data_ptr()
+    with torch.no_grad():
+        torch.testing.assert_close(twin.score(torch.arange(5)), moved.score(torch.arange(5)))
     with pytest.raises(Exception, match="representation"):
         ModelConfig.model_validate({"name": "lightgcn", "representation": "bogus"})
 

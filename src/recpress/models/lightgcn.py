@@ -117,7 +117,9 @@ class LightGCN(Recommender):
     reference_reduction = "mean"
     has_embeddings = True
 
-    adjacency: torch.Tensor
+    adjacency_crow: torch.Tensor
+    adjacency_col: torch.Tensor
+    adjacency_values: torch.Tensor
 
     def __init__(
         self,
@@ -152,8 +154,26 @@ class LightGCN(Recommender):
             self.user_emb.weight.normal_(0.0, self.init_std, generator=generator)
             self.item_emb.weight.normal_(0.0, self.init_std, generator=generator)
         adjacency = as_csr(normalised_adjacency(split.train))
-        self.register_buffer("adjacency", adjacency, persistent=False)
+        # The CSR parts are kept as dense buffers, so .to(), deepcopy and pickling of the
+        # module work (a sparse CSR tensor has no storage to copy); not in the state dict.
+        self.register_buffer("adjacency_crow", adjacency.crow_indices(), persistent=False)
+        self.register_buffer("adjacency_col", adjacency.col_indices(), persistent=False)
+        self.register_buffer("adjacency_values", adjacency.values(), persistent=False)
         self._cache = None
+
+    @property
+    def adjacency(self) -> torch.Tensor:
+        """Â, the (U+I, U+I) sparse CSR normalised adjacency (a view of the buffers)."""
+        size = (self.n_users + self.n_items,) * 2
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            return torch.sparse_csr_tensor(
+                self.adjacency_crow,
+                self.adjacency_col,
+                self.adjacency_values,
+                size,
+                check_invariants=False,  # checked once, when built
+            )
 
     # -- propagation --------------------------------------------------------------------------
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:

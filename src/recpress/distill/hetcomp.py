@@ -260,17 +260,18 @@ class _ExcludedLSE(torch.autograd.Function):
 
 class _DotExcludedLSE(torch.autograd.Function):
     """The same LSE of the scores u @ itemsᵀ (u (B, d), items (n, d)), computed into the
-    workspace: the score rows are never a separate tensor. The shift m_b = ‖u_b‖·max_i ‖v_i‖
-    (≥ every score, Cauchy–Schwarz) rides in the product as an extra column, so
-    [u, −m] @ [items, 1]ᵀ = s − m needs no pass of its own. Backward: G = softmax·grad,
-    ∂u = G @ items, ∂items = Gᵀ @ u."""
+    workspace: the score rows are never a separate tensor. The shift is each row's max score
+    m_b = max_i s_bi, taken from the product in place (a bound such as ‖u_b‖·max_i ‖v_i‖ saves
+    that pass but grows loose as a student's norms grow, and every row whose kept mass then
+    underflows has to be scored again). Backward: G = softmax·grad, ∂u = G @ items,
+    ∂items = Gᵀ @ u."""
 
     @staticmethod
     def forward(ctx, u, items, rows, cols, ws):
         e, ctx.generation = ws.take((u.shape[0], items.shape[0]), u)
-        m = u.norm(dim=1, keepdim=True) * items.norm(dim=1).amax()
-        ones = torch.ones(items.shape[0], 1, dtype=items.dtype, device=items.device)
-        torch.mm(torch.cat([u, -m], 1), torch.cat([items, ones], 1).T, out=e).exp_()
+        torch.mm(u, items.T, out=e)
+        m = e.amax(1, keepdim=True)
+        e.sub_(m).exp_()
         total = _exp_rows_(e, m, rows, cols, lambda r: u[r] @ items.T)
         ctx.save_for_backward(u, items)
         ctx.e, ctx.total, ctx.ws = e, total, ws

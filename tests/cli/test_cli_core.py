@@ -178,8 +178,13 @@ def test_ctrl_c_stops_training_with_130_and_says_how_to_resume(data_env, tmp_pat
     interruption back as a return value, which must not become a silent exit 0)."""
     env = {**os.environ, "RECPRESS_DATA": str(data_env), "OMP_NUM_THREADS": "1"}
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "recpress", "train", "--dataset", "ml-100k", "--dim", "16",
-               "--epochs", "2000", "--no-progress", "--out", str(out)]  # fmt: skip
+    config = tmp_path / "long.yaml"  # no early stopping: the run cannot end before the signal
+    config.write_text(
+        "data: {dataset: ml-100k}\nmodel: {name: bpr, embedding_dim: 16}\n"
+        "train: {epochs: 2000, patience: null}\n"
+    )
+    command = [sys.executable, "-m", "recpress", "train", "--config", str(config),
+               "--no-progress", "--out", str(out)]  # fmt: skip
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     history = out / "history.csv"
     deadline = time.time() + 120

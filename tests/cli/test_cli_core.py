@@ -185,7 +185,16 @@ def test_ctrl_c_stops_training_with_130_and_says_how_to_resume(data_env, tmp_pat
     )
     command = [sys.executable, "-m", "recpress", "train", "--config", str(config),
                "--no-progress", "--out", str(out)]  # fmt: skip
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    # A shell without job control starts background commands with SIGINT ignored, and Python
+    # then installs no KeyboardInterrupt handler: the child gets the default disposition back,
+    # as a terminal's Ctrl-C would find it.
+    proc = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     history = out / "history.csv"
     deadline = time.time() + 120
     while time.time() < deadline and not (

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Literal
 
 import numpy as np
@@ -40,14 +42,21 @@ def normalised_adjacency(train: sp.spmatrix) -> torch.Tensor:
     return adjacency.coalesce()
 
 
+@contextmanager
+def _csr_beta_silenced() -> Iterator[None]:
+    """Silence torch's "Sparse CSR tensor support is in beta" warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        yield
+
+
 def as_csr(adjacency: torch.Tensor) -> torch.Tensor:
     """The sparse CSR form of a (coalesced COO) matrix, with int32 indices where they fit.
 
     int32 indices are what the CPU (MKL) and CUDA (cuSPARSE) kernels take without converting
     them on every product. torch's "beta" warning for CSR tensors is silenced.
     """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+    with _csr_beta_silenced():
         csr = adjacency.to_sparse_csr()
         if max(csr.shape[0], csr.values().numel()) >= 2**31:
             return csr
@@ -165,8 +174,7 @@ class LightGCN(Recommender):
     def adjacency(self) -> torch.Tensor:
         """Â, the (U+I, U+I) sparse CSR normalised adjacency (a view of the buffers)."""
         size = (self.n_users + self.n_items,) * 2
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        with _csr_beta_silenced():
             return torch.sparse_csr_tensor(
                 self.adjacency_crow,
                 self.adjacency_col,
@@ -179,9 +187,10 @@ class LightGCN(Recommender):
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Final embeddings E = mean_{l=0..L} Â^l E⁰, split into users (U, d), items (I, d)."""
         ego = torch.cat([self.user_emb.weight, self.item_emb.weight])
+        adjacency = self.adjacency  # one CSR view for all layers
         total, layer = ego, ego
         for _ in range(self.n_layers):
-            layer = symmetric_sparse_mm(self.adjacency, layer)
+            layer = symmetric_sparse_mm(adjacency, layer)
             total = total + layer
         final = total / (self.n_layers + 1)
         return final[: self.n_users], final[self.n_users :]

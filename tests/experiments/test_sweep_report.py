@@ -128,6 +128,7 @@ def test_report_complete(finished_sweep):
     assert "## Student d = 4" in md and "None: the sweep is complete." in md
     assert "fixed epochs (last)" in md and "validation-selected" in md
     assert "## Claims" in md and "## Training time per epoch" in md
+    assert "## Teachers" not in md  # one teacher: the intro line only
     assert (sweep_dir / "runs/4/ftd/seed0/per_user_test.npz").is_file()  # paired test ran
     page = paths["html"].read_text()
     assert page.count("data:image/png;base64,") == 2  # curves + size, embedded
@@ -608,6 +609,16 @@ def test_two_teachers_each_trained_once_and_bound_per_term(env, tmp_path):
     assert "profile" in metrics  # the runner profiled the finished run (once)
     md = write_report(out, paired=False, latency=False)["md"].read_text()
     assert "**Teacher**" in md and "None: the sweep is complete." in md
+    # every teacher gets a row: its own epochs, test metric and parameters
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in md.splitlines()
+            if line.startswith(("| wide ", "| narrow "))}  # fmt: skip
+    assert "## Teachers" in md and set(rows) == {"wide", "narrow"}
+    for name, width in (("wide", 8), ("narrow", 6)):
+        m = json.loads((out / "teachers" / name / "metrics.json").read_text())
+        cells = [c.strip("* |") for c in rows[name]]
+        assert cells[1:4] == ["bpr", str(width), str(m["epochs_run"])]
+        assert f"{m['test']['recall@50']:.4f}" in cells[4:-2]
+        assert cells[-1] == f"{m['parameters']:,}"
     again = run_sweep(cfg, out, progress=False)
     assert not again["trained"]
 

@@ -299,6 +299,7 @@ def summarize(cfg: SweepConfig, found: dict) -> dict:
             for r in sorted(runs, key=lambda r: r.seed if r.seed is not None else -1)
             if "best_valid" in r.selected_epoch
         ]
+        entry["epochs_run"] = [r.epochs_run for r in runs]
         entry["seconds_per_epoch"] = float(np.mean([r.seconds_per_epoch for r in runs]))
         entry["parameters"] = runs[0].parameters
         entry["aux_parameters"] = runs[0].aux_parameters
@@ -373,8 +374,42 @@ def _intro(r: _Report, sweep_dir: Path, n_done: int, n_total: int) -> list[str]:
         logged = reference.log.final(None, "teacher") if reference else None
         ref = f" (authors' log: {logged:.4f})" if logged is not None else ""
         md += [f"**Teacher**: test {metric} " + ", ".join(parts) + ref, ""]
+    return md + _teachers_table(r)
 
-    return md
+
+def _teachers_table(r: _Report) -> list[str]:
+    """Every teacher of a multi-teacher sweep: model, width, epochs run, test metric per
+    selection (best in bold), seconds per epoch and parameters; nothing for a single teacher."""
+    specs = r.cfg.teacher_specs()
+    if len(specs) < 2:
+        return []
+    fixed_epoch, metric = r.cfg.report.fixed_epoch, r.cfg.report.metric
+    entries = {
+        name: r.table.get((None, "teacher" if i == 0 else f"teacher {name}"))
+        for i, name in enumerate(specs)
+    }
+    best = {
+        s: max((e[s]["mean"] for e in entries.values() if e and s in e), default=None)
+        for s in r.sels
+    }
+    header = ["teacher", "model", "width", "epochs"]
+    header += [f"test {metric} ({selection_label(s, fixed_epoch)})" for s in r.sels]
+    header += ["s/epoch", "parameters"]
+    md = ["## Teachers", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, spec in specs.items():
+        width = spec.model.model_dump().get("embedding_dim")
+        cells = [name, spec.model.name, str(width) if width else "—"]
+        e = entries[name]
+        if e is None:
+            md.append("| " + " | ".join(cells + ["not finished"] * (len(header) - 3)) + " |")
+            continue
+        cells.append(", ".join(str(n) for n in e.get("epochs_run", []) if n is not None) or "—")
+        for s in r.sels:
+            value = f"{e[s]['mean']:.4f}" if s in e else "—"
+            cells.append(f"**{value}**" if s in e and e[s]["mean"] == best[s] else value)
+        cells += [f"{e['seconds_per_epoch']:.3f}", f"{e['parameters']:,}"]
+        md.append("| " + " | ".join(cells) + " |")
+    return md + [""]
 
 
 def _early_stopping(cfg: SweepConfig) -> bool:
